@@ -1,0 +1,3 @@
+from bnnctl.cli import main
+
+main()

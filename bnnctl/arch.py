@@ -1,0 +1,295 @@
+"""Architectures as data.
+
+An :class:`ArchSpec` is a small JSON-able description of an MLP. From it alone come the
+parameter layout (PyTorch ``state_dict`` order and conventions), the batched forward and
+backward pass over ``M`` stacked models held as one ``[M, n_params]`` tensor, and the
+symmetry structure: which slices a permutation (or rescaling, or sign flip) of one hidden
+layer's units touches. Training, sampling, canonicalisation, export and stats all read
+the spec; none re-derives it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+from bnnctl.errors import UsageError
+
+#: Activations and the symmetries of a hidden unit they admit besides permutation:
+#: "scale" = positive rescaling (positively homogeneous), "sign" = sign flip (odd).
+ACTIVATIONS: dict[str, tuple[str, ...]] = {
+    "relu": ("scale",),
+    "leaky_relu": ("scale",),
+    "tanh": ("sign",),
+    "gelu": (),
+}
+LEAKY_SLOPE = 0.01
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """One entry of the layout: ``row[offset:offset+size].reshape(shape)`` is the tensor."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class UnitGroup:
+    """The hidden units of one layer and the parameter axes their symmetries act on.
+
+    ``incoming`` are (tensor name, axis) pairs indexed by the unit on the producing side
+    (the layer's weight rows and bias); ``outgoing`` are those indexed by the unit on the
+    consuming side (the next layer's weight columns).
+    """
+
+    layer: int
+    size: int
+    incoming: tuple[tuple[str, int], ...]
+    outgoing: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """An MLP ``widths[0] -> ... -> widths[-1]`` with one activation between layers.
+
+    ``dropout`` is the rate of a dropout layer after each hidden activation (0 = none);
+    it only matters for training and MC dropout, not for the parameter layout.
+    """
+
+    widths: tuple[int, ...]
+    activation: str = "relu"
+    dropout: float = 0.0
+    kind: str = field(default="mlp")
+
+    def __post_init__(self) -> None:
+        if self.kind != "mlp":
+            raise UsageError(f"unknown architecture kind {self.kind!r}; supported: mlp")
+        if len(self.widths) < 2 or any(int(w) < 1 for w in self.widths):
+            raise UsageError(f"an MLP needs at least two positive widths, got {self.widths}")
+        if self.activation not in ACTIVATIONS:
+            raise UsageError(
+                f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise UsageError(f"dropout rate must be in [0, 1), got {self.dropout}")
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+
+    # --- naming and serialisation -------------------------------------------------
+
+    @classmethod
+    def parse(cls, text: str, activation: str = "relu", dropout: float = 0.0) -> ArchSpec:
+        """Parse ``mlp:64-128-128-10`` (``mlp:2-1`` is a linear model)."""
+        m = re.fullmatch(r"\s*mlp:(\d+(?:-\d+)+)\s*", text)
+        if not m:
+            raise UsageError(
+                f"cannot parse architecture {text!r}; expected e.g. 'mlp:64-128-128-10'"
+            )
+        return cls(tuple(int(w) for w in m.group(1).split("-")), activation, dropout)
+
+    @property
+    def name(self) -> str:
+        return "mlp:" + "-".join(str(w) for w in self.widths)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "kind": self.kind,
+                "widths": list(self.widths),
+                "activation": self.activation,
+                "dropout": self.dropout,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | dict) -> ArchSpec:
+        d = json.loads(text) if isinstance(text, str) else dict(text)
+        return cls(
+            tuple(d["widths"]), d.get("activation", "relu"), d.get("dropout", 0.0), d["kind"]
+        )
+
+    # --- layout ------------------------------------------------------------------
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.widths) - 1
+
+    def module_index(self, layer: int) -> int:
+        """Index of Linear ``layer`` inside the ``nn.Sequential`` that models.py builds."""
+        per_hidden = 3 if self.dropout > 0 else 2
+        return layer * per_hidden
+
+    @property
+    def layout(self) -> list[Tensor]:
+        out, offset = [], 0
+        for i in range(self.n_layers):
+            idx = self.module_index(i)
+            for suffix, shape in (
+                ("weight", (self.widths[i + 1], self.widths[i])),
+                ("bias", (self.widths[i + 1],)),
+            ):
+                out.append(Tensor(f"{idx}.{suffix}", shape, offset))
+                offset += math.prod(shape)
+        return out
+
+    @property
+    def n_params(self) -> int:
+        t = self.layout[-1]
+        return t.offset + t.size
+
+    def slices(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+        return {t.name: (t.offset, t.offset + t.size, t.shape) for t in self.layout}
+
+    def unflatten(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Views ``(W [M,out,in], b [M,out])`` per layer into a contiguous ``[M, P]`` tensor."""
+        m = flat.shape[0]
+        lay = self.layout
+        return [
+            (
+                flat[:, w.offset : w.offset + w.size].view(m, *w.shape),
+                flat[:, b.offset : b.offset + b.size],
+            )
+            for w, b in zip(lay[0::2], lay[1::2], strict=True)
+        ]
+
+    def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One model's ``[P]`` row as a PyTorch state_dict (copies)."""
+        return {t.name: row[t.offset : t.offset + t.size].reshape(t.shape).clone() for t in self.layout}
+
+    # --- symmetries as data ------------------------------------------------------
+
+    @property
+    def symmetries(self) -> tuple[str, ...]:
+        return ("perm",) + ACTIVATIONS[self.activation]
+
+    def unit_groups(self) -> list[UnitGroup]:
+        groups = []
+        for layer in range(self.n_layers - 1):
+            here, nxt = self.module_index(layer), self.module_index(layer + 1)
+            groups.append(
+                UnitGroup(
+                    layer=layer,
+                    size=self.widths[layer + 1],
+                    incoming=((f"{here}.weight", 0), (f"{here}.bias", 0)),
+                    outgoing=((f"{nxt}.weight", 1),),
+                )
+            )
+        return groups
+
+    # --- batched computation -----------------------------------------------------
+
+    def init(self, generator: torch.Generator) -> torch.Tensor:
+        """One model's initial ``[P]`` row: PyTorch's ``nn.Linear`` default
+        (uniform in ±1/sqrt(fan_in) for weight and bias), drawn in layout order."""
+        parts = []
+        for t in self.layout:
+            bound = 1.0 / math.sqrt(t.shape[-1] if len(t.shape) == 2 else self._fan_in(t))
+            parts.append(torch.empty(t.size).uniform_(-bound, bound, generator=generator))
+        return torch.cat(parts)
+
+    def _fan_in(self, bias: Tensor) -> int:
+        return next(t.shape[1] for t in self.layout if t.name == bias.name.replace("bias", "weight"))
+
+    def act(self, z: torch.Tensor) -> torch.Tensor:
+        a = self.activation
+        if a == "relu":
+            return torch.relu(z)
+        if a == "leaky_relu":
+            return torch.nn.functional.leaky_relu(z, LEAKY_SLOPE)
+        if a == "tanh":
+            return torch.tanh(z)
+        return torch.nn.functional.gelu(z)
+
+    def act_backward(self, dh: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """d loss / d z given d loss / d h for h = act(z)."""
+        a = self.activation
+        if a == "relu":
+            return dh.mul_(z > 0)
+        if a == "leaky_relu":
+            return dh.mul_(torch.where(z > 0, 1.0, LEAKY_SLOPE))
+        if a == "tanh":
+            return dh.mul_(1.0 - h * h)
+        return torch.ops.aten.gelu_backward(dh, z)
+
+    def forward(
+        self,
+        flat: torch.Tensor,
+        x: torch.Tensor,
+        keep: list[torch.Tensor] | None = None,
+        dropout_masks: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Outputs ``[M, B, out]`` of ``M`` stacked models on ``x`` (``[B, in]`` shared by
+        all models, or ``[M, B, in]``). Pass a list as ``keep`` to retain what backward needs.
+        ``dropout_masks`` (one per hidden layer, already scaled by 1/(1-p)) applies dropout."""
+        h = x
+        layers = self.unflatten(flat)
+        for i, (w, b) in enumerate(layers):
+            if h.dim() == 2:  # shared input: one big gemm over all models at once
+                z = torch.matmul(h, w.reshape(-1, w.shape[-1]).T).view(h.shape[0], w.shape[0], -1)
+                z = z.transpose(0, 1).add(b.unsqueeze(1))
+            else:
+                z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+            if i == len(layers) - 1:
+                if keep is not None:
+                    keep.append(h)
+                return z
+            hn = self.act(z)
+            if dropout_masks is not None:
+                hn = hn * dropout_masks[i]
+            if keep is not None:
+                keep.extend((h, z, hn))
+            h = hn
+        raise AssertionError("unreachable")
+
+    def backward(
+        self,
+        flat: torch.Tensor,
+        keep: list[torch.Tensor],
+        dout: torch.Tensor,
+        grad: torch.Tensor,
+        dropout_masks: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Write d loss / d params into ``grad`` ``[M, P]`` given d loss / d outputs ``dout``
+        and the tensors ``forward`` kept. Hand-written so that gradients land directly in
+        one flat buffer (autograd through views of a flat tensor allocates a full-size
+        zero tensor per slice)."""
+        layers = self.unflatten(flat)
+        glayers = self.unflatten(grad)
+        dz = dout
+        for i in range(len(layers) - 1, -1, -1):
+            w, _ = layers[i]
+            gw, gb = glayers[i]
+            h_in = keep[3 * i]
+            if h_in.dim() == 2:
+                # shared input: gW[m] = dz[m]^T x as one gemm over (models*out)
+                gw.copy_(
+                    torch.matmul(dz.transpose(1, 2).reshape(-1, dz.shape[1]), h_in).view_as(gw)
+                )
+            else:
+                torch.bmm(dz.transpose(1, 2), h_in, out=gw) if gw.is_contiguous() else gw.copy_(
+                    torch.bmm(dz.transpose(1, 2), h_in)
+                )
+            torch.sum(dz, dim=1, out=gb) if gb.is_contiguous() else gb.copy_(dz.sum(1))
+            if i == 0:
+                break
+            dh = torch.bmm(dz, w)
+            if dropout_masks is not None:
+                dh.mul_(dropout_masks[i - 1])
+            z, h = keep[3 * (i - 1) + 1], keep[3 * (i - 1) + 2]
+            if dropout_masks is not None:  # h kept is post-dropout; tanh needs pre-dropout
+                h = self.act(z)
+            dz = self.act_backward(dh, z, h)
+        return grad

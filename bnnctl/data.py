@@ -1,0 +1,215 @@
+"""Datasets: the embedded defaults and the user's own files, validated.
+
+A :class:`Dataset` holds the exact float32 features and targets that models are trained
+and evaluated on. Integer targets mean classification (labels 0..C-1), real targets mean
+regression. The store keeps these arrays so that any checkpoint can be re-evaluated
+with plain zarr + numpy.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import struct
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from bnnctl.errors import DataError, UsageError
+
+BUILTIN = ("digits", "moons")
+SPLITS = ("x_train", "y_train", "x_test", "y_test")
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+    @property
+    def task(self) -> str:
+        return "classification" if self.y_train.dtype.kind in "iu" else "regression"
+
+    @property
+    def n_features(self) -> int:
+        return self.x_train.shape[1]
+
+    @property
+    def n_classes(self) -> int | None:
+        if self.task != "classification":
+            return None
+        return int(max(self.y_train.max(), self.y_test.max())) + 1
+
+    @property
+    def n_outputs(self) -> int:
+        return self.n_classes if self.task == "classification" else self.y_train.shape[1]
+
+    @cached_property
+    def sha256(self) -> str:
+        """Content hash of the four arrays (shape, dtype and bytes)."""
+        h = hashlib.sha256()
+        for key in SPLITS:
+            a = np.ascontiguousarray(getattr(self, key))
+            h.update(f"{key}:{a.dtype.str}:{a.shape};".encode())
+            h.update(a.tobytes())
+        return h.hexdigest()
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in SPLITS}
+
+    def default_arch_widths(self) -> tuple[int, ...]:
+        """A sensible MLP for the data: digits gets DESIGN's 64-128-128-10; 2-D toy sets a
+        small net; anything else two hidden layers of 128."""
+        d, k = self.n_features, self.n_outputs
+        if self.name == "digits":
+            return (64, 128, 128, 10)
+        if d <= 4:
+            return (d, 16, 16, k)
+        return (d, 128, 128, k)
+
+
+def validate(name: str, arrays: dict[str, np.ndarray]) -> Dataset:
+    """Check shapes, dtypes, labels and finiteness; return float32 features and
+    int64 labels (classification) or float32 ``[N, d]`` targets (regression)."""
+    missing = [k for k in SPLITS if k not in arrays]
+    if missing:
+        raise DataError(f"{name}: missing arrays {', '.join(missing)} (need {', '.join(SPLITS)})")
+    out = {}
+    for split in ("train", "test"):
+        x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
+        if x.dtype.kind not in "fiub" or x.ndim < 2 or x.shape[0] == 0:
+            raise DataError(
+                f"{name}: x_{split} must be a non-empty numeric array [N, features...], "
+                f"got dtype {x.dtype} shape {x.shape}"
+            )
+        x = x.reshape(x.shape[0], -1).astype(np.float32)
+        if not np.isfinite(x).all():
+            raise DataError(f"{name}: x_{split} contains NaN or Inf")
+        if y.shape[0] != x.shape[0]:
+            raise DataError(
+                f"{name}: x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}"
+            )
+        if y.dtype.kind in "iu":
+            if y.ndim != 1:
+                raise DataError(f"{name}: integer labels y_{split} must be 1-D, got {y.shape}")
+            y = y.astype(np.int64)
+        elif y.dtype.kind == "f":
+            if y.ndim not in (1, 2):
+                raise DataError(f"{name}: y_{split} must be [N] or [N, d], got {y.shape}")
+            y = y.reshape(y.shape[0], -1).astype(np.float32)
+            if not np.isfinite(y).all():
+                raise DataError(f"{name}: y_{split} contains NaN or Inf")
+        else:
+            raise DataError(
+                f"{name}: y_{split} must hold integer labels or real targets, got dtype {y.dtype}"
+            )
+        out[f"x_{split}"], out[f"y_{split}"] = x, y
+    if out["x_train"].shape[1] != out["x_test"].shape[1]:
+        raise DataError(
+            f"{name}: x_train has {out['x_train'].shape[1]} features, x_test "
+            f"{out['x_test'].shape[1]}"
+        )
+    ytr, yte = out["y_train"], out["y_test"]
+    if (ytr.dtype.kind == "i") != (yte.dtype.kind == "i"):
+        raise DataError(f"{name}: y_train and y_test must both be labels or both be real")
+    if ytr.dtype.kind == "i":
+        if ytr.min() < 0 or yte.min() < 0:
+            raise DataError(f"{name}: labels must be integers 0..C-1; found a negative label")
+        n_classes = int(ytr.max()) + 1
+        if yte.max() >= n_classes:
+            raise DataError(
+                f"{name}: y_test has label {int(yte.max())} out of range: y_train has "
+                f"classes 0..{n_classes - 1}"
+            )
+        if n_classes < 2:
+            raise DataError(f"{name}: classification needs at least two classes")
+    elif ytr.shape[1] != yte.shape[1]:
+        raise DataError(f"{name}: y_train and y_test have different target widths")
+    return Dataset(name, **out)
+
+
+def load_dataset(name: str | None = "digits", path: str | Path | None = None) -> Dataset:
+    """The embedded ``digits`` (default) or ``moons``, or the user's data at ``path``:
+    an ``.npz`` with x_train, y_train, x_test, y_test, or a folder of MNIST IDX files."""
+    if path is not None:
+        p = Path(path)
+        if p.is_dir():
+            return validate(name or p.name, _read_idx_folder(p))
+        if not p.exists():
+            raise DataError(f"data file {p} does not exist")
+        return validate(name or p.stem, _read_npz(p))
+    if name == "digits":
+        return _digits()
+    if name == "moons":
+        return _moons()
+    raise UsageError(f"unknown dataset {name!r}; built in: {', '.join(BUILTIN)}; or use --data PATH")
+
+
+def _digits() -> Dataset:
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    xtr, xte, ytr, yte = train_test_split(
+        x / 16.0, y, test_size=0.2, stratify=y, random_state=0
+    )
+    return validate("digits", {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte})
+
+
+def _moons() -> Dataset:
+    """400 training points of two interleaving half-moons (as in Laurent et al.'s Fig. 1)."""
+    from sklearn.datasets import make_moons
+
+    xtr, ytr = make_moons(n_samples=400, noise=0.1, random_state=0)
+    xte, yte = make_moons(n_samples=400, noise=0.1, random_state=1)
+    return validate("moons", {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte})
+
+
+def _read_npz(p: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except Exception as e:  # zipfile, pickle and format errors all mean the same to a user
+        raise DataError(f"cannot read {p} as an .npz file: {e}") from None
+
+
+IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+IDX_FILES = {
+    "x_train": "train-images-idx3-ubyte",
+    "y_train": "train-labels-idx1-ubyte",
+    "x_test": "t10k-images-idx3-ubyte",
+    "y_test": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(p: Path) -> np.ndarray:
+    """Read one IDX file (optionally gzipped), as in MNIST and Fashion-MNIST."""
+    raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise DataError(f"{p} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
+    dtype = np.dtype(IDX_DTYPES[raw[2]])
+    n = int(np.prod(dims)) * dtype.itemsize
+    body = raw[4 + 4 * ndim :]
+    if len(body) != n:
+        raise DataError(f"{p}: IDX header says {n} bytes of data, file has {len(body)}")
+    return np.frombuffer(body, dtype=dtype).reshape(dims)
+
+
+def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
+    arrays = {}
+    for key, stem in IDX_FILES.items():
+        hits = [folder / f"{stem}{ext}" for ext in ("", ".gz")]
+        hits += [folder / f"{stem.replace('-idx', '.idx')}{ext}" for ext in ("", ".gz")]
+        found = next((h for h in hits if h.exists()), None)
+        if found is None:
+            raise DataError(f"{folder}: no {stem}[.gz] (expected MNIST-format IDX files)")
+        a = read_idx(found)
+        arrays[key] = a.astype(np.float32) / 255.0 if key.startswith("x") else a.astype(np.int64)
+    return arrays

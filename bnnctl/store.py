@@ -1,0 +1,345 @@
+"""The checkpoint store: the only module that touches Zarr or Parquet.
+
+Layout of a store (a Zarr v3 group at a local path or an fsspec URL)::
+
+    zarr.json                       group attrs: {"bnnctl": {"format_version": 1}}
+    data/<sha16>/x_train ...        the exact arrays a population was trained/tested on
+    params/<population>/<block>     one params array per block: [rows, n_params],
+                                    one chunk per model, one shard per block,
+                                    attrs {"layout": [...], "arch": {...}}
+    manifest/<kind>-<population>-<block>.parquet   one file per committed block
+
+Write protocol: the block's array data first, then its manifest file written under a
+temporary name and renamed; the rename is the commit point. A block belongs to one
+writer and is never rewritten once committed, so readers never see a half-written row
+and a crash at any moment leaves at most an orphan array that no manifest names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+
+from bnnctl import FORMAT_VERSION, __version__
+from bnnctl.arch import ArchSpec
+from bnnctl.data import SPLITS, Dataset, validate
+from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError
+from bnnctl.schema import ARROW_SCHEMA, NAMES, json_schema
+
+DTYPES = ("float32", "float16")
+#: Params arrays are stored uncompressed: trained float32 weights compress by only ~7-10 %
+#: (see scripts/bench_store.py) and decompression would slow every read.
+PARAMS_COMPRESSORS = None
+#: Data arrays (often images, many zeros) compress well and are read once per command.
+DATA_COMPRESSORS = zarr.codecs.ZstdCodec(level=3)
+MAX_STORED_DATA_BYTES = 512 * 2**20
+INT_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def row_sha256(row: np.ndarray) -> str:
+    """sha256 of one stored row's little-endian bytes."""
+    return hashlib.sha256(np.ascontiguousarray(row, dtype=row.dtype.newbyteorder("<")).tobytes()).hexdigest()
+
+
+@dataclass
+class Problem:
+    """One inconsistency found by :meth:`Store.verify`."""
+
+    model_id: str | None
+    where: str
+    message: str
+
+
+def _is_url(url: str) -> bool:
+    return "://" in url and not url.startswith("file://")
+
+
+class Store:
+    """A bnnctl store. Open with :meth:`Store.open`."""
+
+    def __init__(self, url: str, group: zarr.Group, fs, root: str):
+        self.url, self.group, self.fs, self.root = url, group, fs, root
+        self._manifest: pd.DataFrame | None = None
+        self._arrays: dict[str, zarr.Array] = {}
+
+    # --- opening -------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, url: str | os.PathLike = "bnnctl.zarr", create: bool = False) -> Store:
+        """Open the store at ``url`` (a path or fsspec URL); ``create`` makes it if absent.
+        Refuses a store of another format version, a regular file, a foreign Zarr group."""
+        url = str(url)
+        if _is_url(url):
+            import fsspec
+
+            fs, root = fsspec.core.url_to_fs(url)
+        else:
+            from fsspec.implementations.local import LocalFileSystem
+
+            fs, root = LocalFileSystem(), str(Path(url.removeprefix("file://")).absolute())
+            p = Path(root)
+            if p.exists() and not p.is_dir():
+                raise StoreError(f"store path {url} is a regular file, not a store folder")
+        exists = fs.exists(f"{root}/zarr.json")
+        if not exists and not create:
+            raise StoreNotFoundError(f"no bnnctl store at {url} (create one with `bnnctl train`)")
+        if not exists and fs.exists(root) and fs.ls(root):
+            raise StoreError(f"{url} exists and is not empty, but is not a bnnctl store")
+        try:
+            zstore = (
+                zarr.storage.FsspecStore.from_url(url)
+                if _is_url(url)
+                else zarr.storage.LocalStore(root)
+            )
+            if exists:
+                group = zarr.open_group(zstore, mode="r+")
+            else:
+                fs.makedirs(f"{root}/manifest", exist_ok=True)
+                group = zarr.open_group(zstore, mode="a")
+                group.attrs["bnnctl"] = {"format_version": FORMAT_VERSION, "created_by": __version__}
+        except (PermissionError, OSError) as e:
+            raise StoreError(f"cannot open store {url} for writing: {e.strerror or e}") from None
+        except Exception as e:  # zarr raises its own errors on foreign or broken groups
+            raise StoreError(f"cannot open {url} as a Zarr v3 group: {e}") from None
+        info = group.attrs.get("bnnctl")
+        if not isinstance(info, dict) or "format_version" not in info:
+            raise StoreError(f"{url} is a Zarr group but not a bnnctl store (no 'bnnctl' attrs)")
+        version = info["format_version"]
+        if not isinstance(version, int) or version != FORMAT_VERSION:
+            raise FormatVersionError(
+                f"{url} has store format version {version!r}; this bnnctl ({__version__}) "
+                f"reads version {FORMAT_VERSION} only — upgrade bnnctl"
+            )
+        return cls(url, group, fs, root)
+
+    def _path(self, *parts: str) -> str:
+        return "/".join((self.root, *parts))
+
+    # --- manifest ------------------------------------------------------------------
+
+    def manifest_files(self) -> list[str]:
+        files = self.fs.glob(self._path("manifest", "*.parquet"))
+        return sorted(f for f in files if not Path(f).name.startswith((".", "_")))
+
+    def _read_table(self, f: str) -> pa.Table:
+        try:
+            with self.fs.open(f, "rb") as fh:
+                return pq.read_table(fh)
+        except Exception as e:
+            raise StoreError(
+                f"manifest file {Path(f).name} is unreadable ({type(e).__name__}: {e}); "
+                "run `bnnctl verify` for details"
+            ) from None
+
+    def manifest(self) -> pd.DataFrame:
+        """All committed rows, one per checkpoint (cached until this store commits)."""
+        if self._manifest is None:
+            tables = [self._read_table(f) for f in self.manifest_files()]
+            table = (
+                pa.concat_tables(tables, promote_options="default")
+                if tables
+                else ARROW_SCHEMA.empty_table()
+            )
+            self._manifest = table.to_pandas(types_mapper=INT_TYPES.get)
+        return self._manifest
+
+    def commit_block(
+        self,
+        array_path: str,
+        params: np.ndarray,
+        dtype: str,
+        arch: ArchSpec,
+        rows: list[dict],
+        name: str,
+    ) -> pd.DataFrame:
+        """Write one block atomically: params ``[M, P]`` to a fresh array, then ``rows``
+        (one dict per model, in order) as ``manifest/<name>.parquet``. Returns the rows."""
+        if dtype not in DTYPES:
+            raise StoreError(f"unsupported dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+        if array_path in set(self.manifest()["array"]):
+            raise StoreError(f"refusing to overwrite committed array {array_path}")
+        stored = np.ascontiguousarray(params, dtype=np.dtype(dtype).newbyteorder("<"))
+        m, p = stored.shape
+        arr = self.group.create_array(
+            name=array_path,
+            shape=(m, p),
+            dtype=dtype,
+            chunks=(1, p),
+            shards=(m, p),
+            compressors=PARAMS_COMPRESSORS,
+            attributes={
+                "layout": [t.to_json() for t in arch.layout],
+                "arch": json.loads(arch.to_json()),
+            },
+            overwrite=True,  # only ever an uncommitted orphan of a crashed run
+        )
+        arr[:] = stored
+        now = datetime.now(timezone.utc)
+        full = []
+        for i, r in enumerate(rows):
+            unknown = set(r) - set(NAMES)
+            if unknown:
+                raise AssertionError(f"manifest columns not in schema: {sorted(unknown)}")
+            full.append({
+                **r, "array": array_path, "row": i, "dtype": dtype, "n_params": p,
+                "sha256": row_sha256(stored[i]), "created_at": now,
+                "arch": arch.to_json(), "arch_name": arch.name, "activation": arch.activation,
+                "bnnctl_version": __version__, "torch_version": _torch_version(),
+            })
+        table = pa.Table.from_pylist(full, schema=ARROW_SCHEMA)
+        self._atomic_write_parquet(table, name)
+        self._manifest = None
+        return table.to_pandas(types_mapper=INT_TYPES.get)
+
+    def _atomic_write_parquet(self, table: pa.Table, name: str) -> None:
+        final = self._path("manifest", f"{name}.parquet")
+        tmp = self._path("manifest", f".tmp-{uuid.uuid4().hex}-{name}.parquet")
+        if self.fs.exists(final):
+            raise StoreError(f"manifest file {name}.parquet already exists; block already committed")
+        with self.fs.open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            if hasattr(fh, "fileno"):
+                fh.flush()
+                os.fsync(fh.fileno())
+        if _is_url(self.url):
+            self.fs.mv(tmp, final)
+        else:
+            os.replace(tmp, final)  # atomic on POSIX: the commit point
+
+    # --- params --------------------------------------------------------------------
+
+    def array(self, path: str) -> zarr.Array:
+        if path not in self._arrays:
+            try:
+                self._arrays[path] = self.group[path]
+            except KeyError:
+                raise StoreError(f"params array {path} is missing from the store") from None
+        return self._arrays[path]
+
+    def read_params(self, rows: pd.DataFrame) -> np.ndarray:
+        """Params of the given manifest rows as float32 ``[len(rows), n_params]``, in order."""
+        if rows.empty:
+            raise StoreError("no rows to read")
+        widths = set(rows["n_params"])
+        if len(widths) != 1:
+            raise StoreError("the selected rows have different parameter counts (architectures)")
+        out = np.empty((len(rows), int(widths.pop())), dtype=np.float32)
+        all_rows = rows["row"].to_numpy(dtype=np.int64)
+        for path, idx in rows.groupby("array", sort=False).indices.items():
+            arr, r = self.array(path), all_rows[idx]
+            if len(r) * 4 >= arr.shape[0]:  # most of the shard: one sequential read
+                out[idx] = arr[:][r]
+            else:
+                uniq, inverse = np.unique(r, return_inverse=True)
+                out[idx] = arr.oindex[uniq, :][inverse]
+        return out
+
+    # --- data ----------------------------------------------------------------------
+
+    def put_dataset(self, ds: Dataset) -> str | None:
+        """Store the dataset's arrays once (idempotent); return their group path, or None
+        when the data is too large to keep (then only its hash is recorded)."""
+        if sum(a.nbytes for a in ds.arrays().values()) > MAX_STORED_DATA_BYTES:
+            return None
+        path = f"data/{ds.sha256[:16]}"
+        try:
+            g = self.group[path]
+            if g.attrs.get("sha256") == ds.sha256:
+                return path
+        except KeyError:
+            pass
+        g = self.group.require_group(path)
+        for key, a in ds.arrays().items():
+            g.create_array(
+                name=key, data=a, chunks=a.shape, compressors=DATA_COMPRESSORS, overwrite=True
+            )
+        g.attrs.update({"name": ds.name, "task": ds.task})
+        g.attrs["sha256"] = ds.sha256  # written last: marks the data complete
+        return path
+
+    def load_data(self, path: str) -> Dataset:
+        try:
+            g = self.group[path]
+            name = g.attrs.get("name", path)
+            return validate(name, {k: g[k][:] for k in SPLITS})
+        except KeyError:
+            raise StoreError(f"data {path} is missing from the store") from None
+
+    # --- verify --------------------------------------------------------------------
+
+    def verify(self) -> list[Problem]:
+        """Re-hash every row named by the manifest and check manifest <-> arrays and the
+        JSON Schema. Returns the problems found (empty when the store is sound)."""
+        from jsonschema import Draft202012Validator
+
+        problems: list[Problem] = []
+        tables = []
+        for f in self.manifest_files():
+            try:
+                tables.append(self._read_table(f))
+            except StoreError as e:
+                problems.append(Problem(None, Path(f).name, str(e)))
+        if not tables:
+            return problems
+        table = pa.concat_tables(tables, promote_options="default")
+        validator = Draft202012Validator(json_schema())
+        for rec in table.to_pylist():
+            rec["created_at"] = rec["created_at"].isoformat() if rec["created_at"] else None
+            for err in validator.iter_errors(rec):
+                where = "/".join(map(str, err.absolute_path)) or "row"
+                problems.append(Problem(rec.get("model_id"), f"schema:{where}", err.message))
+        df = table.to_pandas(types_mapper=INT_TYPES.get)
+        for mid in df.loc[df["model_id"].duplicated(), "model_id"]:
+            problems.append(Problem(mid, "manifest", "model_id appears more than once"))
+        for mid in df.loc[df.duplicated(["array", "row"]), "model_id"]:
+            problems.append(Problem(mid, "manifest", "(array, row) is named by another row too"))
+        for path, sub in df.groupby("array", sort=False):
+            problems += self._verify_array(path, sub)
+        for path, sub in df.dropna(subset=["data"]).groupby("data", sort=False):
+            problems += self._verify_data(path, sub)
+        return problems
+
+    def _verify_array(self, path: str, sub: pd.DataFrame) -> list[Problem]:
+        try:
+            arr = self.group[path]
+            data = arr[:]
+        except Exception as e:
+            return [Problem(m, path, f"params array unreadable: {type(e).__name__}: {e}")
+                    for m in sub["model_id"]]
+        problems = []
+        for rec in sub.itertuples():
+            if rec.row >= data.shape[0] or data.shape[1] != rec.n_params or str(data.dtype) != rec.dtype:
+                problems.append(Problem(rec.model_id, path, f"row {rec.row} / shape {data.shape} "
+                                        f"dtype {data.dtype} disagree with the manifest"))
+                continue
+            layout = [t.to_json() for t in ArchSpec.from_json(rec.arch).layout]
+            if arr.attrs.get("layout") != layout:
+                problems.append(Problem(rec.model_id, path, "array layout attr disagrees with arch"))
+            if row_sha256(data[rec.row]) != rec.sha256:
+                problems.append(Problem(rec.model_id, path, f"row {rec.row}: sha256 mismatch (corrupted data)"))
+        return problems
+
+    def _verify_data(self, path: str, sub: pd.DataFrame) -> list[Problem]:
+        try:
+            sha = self.load_data(path).sha256
+        except Exception as e:
+            return [Problem(sub["model_id"].iloc[0], path, f"dataset unreadable: {e}")]
+        bad = sub[sub["data_sha256"] != sha]
+        return [Problem(m, path, "dataset content hash disagrees with the manifest") for m in bad["model_id"]]
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
