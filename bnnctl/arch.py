@@ -203,93 +203,120 @@ class ArchSpec:
     def _fan_in(self, bias: Tensor) -> int:
         return next(t.shape[1] for t in self.layout if t.name == bias.name.replace("bias", "weight"))
 
-    def act(self, z: torch.Tensor) -> torch.Tensor:
+    # --- stacked parameters -------------------------------------------------------
+    #
+    # The store holds model-major rows [M, P]; batched matmuls want each layer's weights
+    # of all M models contiguous. Engines keep one layer-major buffer of M*P numbers whose
+    # per-layer views are contiguous [M, out, in] / [M, out] tensors; an elementwise
+    # optimizer sees it as one flat tensor.
+
+    def layer_views(self, buf: torch.Tensor, m: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer ``(W [M,out,in], b [M,out])`` views into a layer-major buffer."""
+        views, pos = [], 0
+        for t in self.layout:
+            views.append(buf[pos : pos + m * t.size].view(m, *t.shape))
+            pos += m * t.size
+        return list(zip(views[0::2], views[1::2], strict=True))
+
+    def to_layer_major(self, flat: torch.Tensor) -> torch.Tensor:
+        """Model-major ``[M, P]`` -> layer-major buffer ``[M*P]``."""
+        return torch.cat([flat[:, t.offset : t.offset + t.size].reshape(-1) for t in self.layout])
+
+    def to_model_major(self, buf: torch.Tensor, m: int) -> torch.Tensor:
+        """Layer-major buffer ``[M*P]`` -> model-major ``[M, P]``."""
+        return torch.cat([v.reshape(m, -1) for layer in self.layer_views(buf, m) for v in layer], 1)
+
+    def layers_of(self, params) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per-layer views of model-major ``[M, P]`` params, or a list of layers as is."""
+        return self.unflatten(params) if isinstance(params, torch.Tensor) else params
+
+    # --- batched computation -----------------------------------------------------
+
+    def act_(self, z: torch.Tensor) -> torch.Tensor:
+        """The activation, in place where the backward pass only needs its output."""
         a = self.activation
         if a == "relu":
-            return torch.relu(z)
+            return z.relu_()
         if a == "leaky_relu":
-            return torch.nn.functional.leaky_relu(z, LEAKY_SLOPE)
+            return torch.nn.functional.leaky_relu_(z, LEAKY_SLOPE)
         if a == "tanh":
-            return torch.tanh(z)
+            return z.tanh_()
         return torch.nn.functional.gelu(z)
 
-    def act_backward(self, dh: torch.Tensor, z: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """d loss / d z given d loss / d h for h = act(z)."""
+    def act_backward(self, dh: torch.Tensor, z: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
+        """d loss / d z given d loss / d h for h = act(z) (z is only kept for gelu)."""
         a = self.activation
         if a == "relu":
-            return dh.mul_(z > 0)
+            return torch.ops.aten.threshold_backward(dh, h, 0.0)
         if a == "leaky_relu":
-            return dh.mul_(torch.where(z > 0, 1.0, LEAKY_SLOPE))
+            return torch.ops.aten.leaky_relu_backward(dh, h, LEAKY_SLOPE, True)
         if a == "tanh":
-            return dh.mul_(1.0 - h * h)
+            return torch.ops.aten.tanh_backward(dh, h)
         return torch.ops.aten.gelu_backward(dh, z)
 
     def forward(
         self,
-        flat: torch.Tensor,
+        params,
         x: torch.Tensor,
-        keep: list[torch.Tensor] | None = None,
+        keep: list | None = None,
         dropout_masks: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Outputs ``[M, B, out]`` of ``M`` stacked models on ``x`` (``[B, in]`` shared by
-        all models, or ``[M, B, in]``). Pass a list as ``keep`` to retain what backward needs.
-        ``dropout_masks`` (one per hidden layer, already scaled by 1/(1-p)) applies dropout."""
+        """Outputs ``[M, B, out]`` of ``M`` stacked models (model-major ``[M, P]`` params or
+        per-layer views) on ``x`` (``[B, in]`` shared by all models, or ``[M, B, in]``).
+        Pass a list as ``keep`` to retain what :meth:`backward` needs. ``dropout_masks``
+        (one per hidden layer, already scaled by 1/(1-p)) applies dropout."""
+        layers = self.layers_of(params)
         h = x
-        layers = self.unflatten(flat)
         for i, (w, b) in enumerate(layers):
             if h.dim() == 2:  # shared input: one big gemm over all models at once
                 z = torch.matmul(h, w.reshape(-1, w.shape[-1]).T).view(h.shape[0], w.shape[0], -1)
                 z = z.transpose(0, 1).add(b.unsqueeze(1))
             else:
                 z = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-            if i == len(layers) - 1:
-                if keep is not None:
-                    keep.append(h)
-                return z
-            hn = self.act(z)
-            if dropout_masks is not None:
-                hn = hn * dropout_masks[i]
             if keep is not None:
-                keep.extend((h, z, hn))
-            h = hn
+                keep.append(h)
+            if i == len(layers) - 1:
+                return z
+            pre = z.clone() if self.activation == "gelu" and keep is not None else None
+            h = self.act_(z)
+            if keep is not None:
+                keep.extend((pre, h))
+            if dropout_masks is not None:
+                h = h * dropout_masks[i]
         raise AssertionError("unreachable")
 
     def backward(
         self,
-        flat: torch.Tensor,
-        keep: list[torch.Tensor],
+        params,
+        keep: list,
         dout: torch.Tensor,
-        grad: torch.Tensor,
+        grads,
         dropout_masks: list[torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """Write d loss / d params into ``grad`` ``[M, P]`` given d loss / d outputs ``dout``
-        and the tensors ``forward`` kept. Hand-written so that gradients land directly in
-        one flat buffer (autograd through views of a flat tensor allocates a full-size
-        zero tensor per slice)."""
-        layers = self.unflatten(flat)
-        glayers = self.unflatten(grad)
+    ):
+        """Write d loss / d params into ``grads`` (same form as ``params``) given
+        d loss / d outputs ``dout [M, B, out]`` and what :meth:`forward` kept. Hand-written
+        so that gradients land directly in the optimizer's buffer, with no autograd graph."""
+        layers, glayers = self.layers_of(params), self.layers_of(grads)
         dz = dout
         for i in range(len(layers) - 1, -1, -1):
             w, _ = layers[i]
             gw, gb = glayers[i]
-            h_in = keep[3 * i]
-            if h_in.dim() == 2:
-                # shared input: gW[m] = dz[m]^T x as one gemm over (models*out)
-                gw.copy_(
-                    torch.matmul(dz.transpose(1, 2).reshape(-1, dz.shape[1]), h_in).view_as(gw)
-                )
+            h_in = keep[3 * i]  # the layer's input, after dropout
+            if h_in.dim() == 2:  # shared input: gW of all models as one gemm
+                g = torch.matmul(dz.transpose(1, 2).reshape(-1, dz.shape[1]), h_in).view_as(gw)
+                gw.copy_(g)
+            elif gw.is_contiguous():
+                torch.bmm(dz.transpose(1, 2), h_in, out=gw)
             else:
-                torch.bmm(dz.transpose(1, 2), h_in, out=gw) if gw.is_contiguous() else gw.copy_(
-                    torch.bmm(dz.transpose(1, 2), h_in)
-                )
-            torch.sum(dz, dim=1, out=gb) if gb.is_contiguous() else gb.copy_(dz.sum(1))
+                gw.copy_(torch.bmm(dz.transpose(1, 2), h_in))
+            if gb.is_contiguous():
+                torch.sum(dz, dim=1, out=gb)
+            else:
+                gb.copy_(dz.sum(1))
             if i == 0:
-                break
+                return grads
             dh = torch.bmm(dz, w)
             if dropout_masks is not None:
                 dh.mul_(dropout_masks[i - 1])
-            z, h = keep[3 * (i - 1) + 1], keep[3 * (i - 1) + 2]
-            if dropout_masks is not None:  # h kept is post-dropout; tanh needs pre-dropout
-                h = self.act(z)
-            dz = self.act_backward(dh, z, h)
-        return grad
+            dz = self.act_backward(dh, keep[3 * i - 2], keep[3 * i - 1])
+        return grads

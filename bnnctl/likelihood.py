@@ -30,12 +30,15 @@ class Categorical:
 
     def nll_and_grad(self, out: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-model summed NLL ``[M]`` and its gradient with respect to ``out``."""
-        logits = two_class_logits(out)
-        logp = torch.log_softmax(logits, dim=-1)
-        idx = y.long().expand(logp.shape[:-1]).unsqueeze(-1)
-        nll = -logp.gather(-1, idx).squeeze(-1).sum(-1)
-        g = logp.exp_()
-        g.scatter_add_(-1, idx, torch.full_like(idx, -1, dtype=g.dtype))
+        z = two_class_logits(out)
+        # by hand: torch.log_softmax is ~3x slower on a short last axis (10 classes)
+        zmax = z.amax(-1, keepdim=True)
+        p = (z - zmax).exp_()
+        total = p.sum(-1, keepdim=True)
+        p.div_(total)
+        idx = y.long().expand(z.shape[:-1]).unsqueeze(-1)
+        nll = (total.log_().add_(zmax) - z.gather(-1, idx)).squeeze(-1).sum(-1)
+        g = p.scatter_add_(-1, idx, torch.full_like(idx, -1, dtype=p.dtype))
         return nll, (g[..., 1:] if out.shape[-1] == 1 else g)
 
 

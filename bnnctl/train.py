@@ -147,13 +147,14 @@ def train_models(
     loss of each model's last epoch ``[M]``."""
     arch, cfg, ds = pop.arch, pop.config, pop.dataset
     gens = [pop.generator(s) for s in seeds]
-    flat = torch.stack([arch.init(g) for g in gens]).requires_grad_(True)
-    grad = torch.zeros_like(flat)
-    flat.grad = grad
-    opt = cfg.make_optimizer([flat])
+    m = len(seeds)
+    buf = arch.to_layer_major(torch.stack([arch.init(g) for g in gens])).requires_grad_(True)
+    buf.grad = torch.zeros_like(buf)
+    layers, grads = arch.layer_views(buf.detach(), m), arch.layer_views(buf.grad, m)
+    opt = cfg.make_optimizer([buf])
     lik = for_task(ds.task)
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-    n, m, bs = x.shape[0], len(seeds), cfg.batch_size
+    n, bs = x.shape[0], cfg.batch_size
     masks = None
     loss = torch.zeros(m, dtype=torch.float64)
     for epoch in range(cfg.epochs):
@@ -167,14 +168,14 @@ def train_models(
                 masks = dropout_masks(arch, gens, idx.shape[1])
             with torch.no_grad():
                 keep: list[torch.Tensor] = []
-                out = arch.forward(flat, x[idx], keep, masks)
+                out = arch.forward(layers, x[idx], keep, masks)
                 nll, dout = lik.nll_and_grad(out, y[idx])
-                arch.backward(flat, keep, dout.div_(idx.shape[1]), grad, masks)
+                arch.backward(layers, keep, dout.div_(idx.shape[1]), grads, masks)
             opt.step()
             loss += nll.double()
         if on_epoch is not None:
             on_epoch(m)
-    return flat.detach(), (loss / n).numpy()
+    return arch.to_model_major(buf.detach(), m), (loss / n).numpy()
 
 
 def dropout_masks(arch: ArchSpec, gens: list[torch.Generator], batch: int) -> list[torch.Tensor]:
@@ -258,7 +259,7 @@ def train(
     seeds: Iterable[int] = range(8),
     arch: ArchSpec | None = None,
     population: str | None = None,
-    block_size: int = 64,
+    block_size: int = 32,
     jobs: int = 1,
     dtype: str = "float32",
     progress: Callable[[int], None] | None = None,
