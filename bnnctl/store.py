@@ -207,15 +207,16 @@ class Store:
         tmp = self._path("manifest", f".tmp-{uuid.uuid4().hex}-{name}.parquet")
         if self.fs.exists(final):
             raise StoreError(f"manifest file {name}.parquet already exists; block already committed")
-        with self.fs.open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            if hasattr(fh, "fileno"):
-                fh.flush()
-                os.fsync(fh.fileno())
         if _is_url(self.url):
+            with self.fs.open(tmp, "wb") as fh:
+                pq.write_table(table, fh)
             self.fs.mv(tmp, final)
-        else:
-            os.replace(tmp, final)  # atomic on POSIX: the commit point
+            return
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)  # atomic on POSIX: the commit point
 
     # --- params --------------------------------------------------------------------
 

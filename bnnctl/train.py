@@ -97,16 +97,18 @@ class Population:
     sha256: str = field(init=False)
 
     def __post_init__(self) -> None:
-        desc = json.dumps(
-            {"arch": self.arch.to_json(), "config": asdict(self.config),
-             "data": self.dataset.sha256, "dtype": self.dtype},
-            sort_keys=True,
-        )
-        object.__setattr__(self, "sha256", hashlib.sha256(desc.encode()).hexdigest())
+        object.__setattr__(self, "sha256", self._digest(with_dtype=True))
+
+    def _digest(self, with_dtype: bool) -> str:
+        desc = {"arch": self.arch.to_json(), "config": asdict(self.config), "data": self.dataset.sha256}
+        if with_dtype:
+            desc["dtype"] = self.dtype
+        return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
     def generator(self, seed: int) -> torch.Generator:
-        """Model ``seed``'s own random stream: init first, then one permutation per epoch."""
-        digest = hashlib.sha256(f"{self.sha256}:{seed}".encode()).digest()
+        """Model ``seed``'s own random stream: init first, then one permutation per epoch.
+        Independent of the stored dtype: a float16 population holds the float32 one, rounded."""
+        digest = hashlib.sha256(f"{self._digest(with_dtype=False)}:{seed}".encode()).digest()
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
     def model_id(self, seed: int) -> str:

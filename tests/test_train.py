@@ -1,0 +1,138 @@
+"""The batched train engine against a plain nn.Module + torch.optim loop, and its
+reproducibility, resume and population rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bnnctl import ArchSpec, Store, TrainConfig, train
+from bnnctl.errors import ConflictError, UsageError
+from bnnctl.train import Population, train_models
+from tests.test_arch import build_module
+
+SMALL = ArchSpec((64, 16, 12, 10))
+
+
+def reference_train(pop: Population, seed: int) -> torch.Tensor:
+    """One model trained the ordinary way: nn.Module, torch.optim, F.cross_entropy.
+    Shares only the model's random stream (init, then one permutation per epoch)."""
+    arch, cfg, ds = pop.arch, pop.config, pop.dataset
+    g = pop.generator(seed)
+    net = build_module(arch)
+    net.load_state_dict(arch.state_dict(arch.init(g)))
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                              nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    for epoch in range(cfg.epochs):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
+        order = torch.randperm(len(x), generator=g)
+        for s in range(0, len(x), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return torch.cat([p.detach().reshape(-1) for p in net.state_dict().values()])
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        TrainConfig(optimizer="adam", lr=3e-3, epochs=3, batch_size=100, weight_decay=1e-3),
+        TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, epochs=3,
+                    batch_size=64, schedule="cosine", weight_decay=1e-4),
+        TrainConfig(optimizer="sgd", lr=0.1, momentum=0.0, epochs=4, batch_size=128, schedule="step"),
+    ],
+    ids=["adam-wd", "sgd-nesterov-cosine", "sgd-step"],
+)
+def test_each_model_matches_plain_module_training(digits, cfg):
+    pop = Population("p", SMALL, cfg, digits)
+    seeds = [0, 5, 9]
+    params, _ = train_models(pop, seeds)
+    for i, seed in enumerate(seeds):
+        ref = reference_train(pop, seed)
+        assert (params[i] - ref).abs().max().item() < 1e-4
+
+
+def test_same_seed_same_weights_whatever_the_block(digits):
+    pop = Population("p", SMALL, TrainConfig(epochs=2), digits)
+    together, _ = train_models(pop, [3, 4, 5, 6])
+    alone, _ = train_models(pop, [5])
+    pairs, _ = train_models(pop, [6, 5])
+    assert (together[2] - alone[0]).abs().max() < 1e-5
+    assert (together[2] - pairs[1]).abs().max() < 1e-5
+    again, _ = train_models(pop, [3, 4, 5, 6])
+    assert torch.equal(together, again)  # bit-identical re-run
+    assert not torch.equal(together[0], together[1])  # seeds differ
+
+
+def test_dropout_training_runs_and_differs_by_seed(digits):
+    pop = Population("p", ArchSpec((64, 16, 10), dropout=0.3), TrainConfig(epochs=2), digits)
+    a, _ = train_models(pop, [0, 1])
+    b, _ = train_models(pop, [1])
+    assert (a[1] - b[0]).abs().max() < 1e-5 and torch.isfinite(a).all()
+
+
+def test_population_resume_extend_and_conflicts(tmp_path, digits):
+    store = Store.open(tmp_path / "s.zarr", create=True)
+    cfg = TrainConfig(epochs=1)
+    r1 = train(store, digits, cfg, range(3), SMALL, block_size=2)
+    assert len(r1.rows) == 3 and r1.skipped == 0
+    r2 = train(store, digits, cfg, range(5), SMALL, block_size=2)
+    assert r2.skipped == 3 and sorted(r2.rows["seed"]) == [3, 4]
+    man = store.manifest()
+    assert sorted(man["seed"]) == [0, 1, 2, 3, 4] and man["model_id"].is_unique
+    with pytest.raises(ConflictError, match="mlp:64-16-12-10"):
+        train(store, digits, cfg, range(2), ArchSpec((64, 8, 10)))
+    with pytest.raises(ConflictError, match="lr"):
+        train(store, digits, TrainConfig(epochs=1, lr=0.1), range(2), SMALL)
+    r3 = train(store, digits, cfg, range(2), ArchSpec((64, 8, 10)), population="narrow")
+    assert set(r3.rows["population"]) == {"narrow"}
+    assert store.verify() == []
+
+
+def test_float16_storage_and_parallel_jobs_agree(tmp_path, digits):
+    cfg = TrainConfig(epochs=1)
+    s1 = Store.open(tmp_path / "a.zarr", create=True)
+    s2 = Store.open(tmp_path / "b.zarr", create=True)
+    r1 = train(s1, digits, cfg, range(4), SMALL, block_size=2, dtype="float16")
+    r2 = train(s2, digits, cfg, range(4), SMALL, block_size=2, dtype="float16", jobs=2)
+    assert list(r1.rows["sha256"]) == list(r2.rows.sort_values("seed")["sha256"])
+    p = s1.read_params(s1.manifest().sort_values("seed"))
+    full, _ = train_models(Population("digits", SMALL, cfg, digits, "float32"), [0])
+    assert s1.array(r1.rows["array"].iloc[0]).dtype == np.float16
+    assert np.abs(p[0] - full[0].numpy()).max() < 5e-3  # float16 rounding only
+    assert s2.verify() == []
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [
+        ({"seeds": [-1]}, "non-negative"),
+        ({"arch": ArchSpec((10, 5, 10))}, "takes 10 inputs"),
+        ({"arch": ArchSpec((64, 5, 3))}, "3 outputs"),
+        ({"population": "bad name"}, "population name"),
+        ({"dtype": "int8"}, "dtype"),
+    ],
+)
+def test_bad_train_requests(tmp_path, digits, kwargs, msg):
+    store = Store.open(tmp_path / "s.zarr", create=True)
+    with pytest.raises(UsageError, match=msg):
+        train(store, digits, TrainConfig(epochs=1), **{"seeds": [0], **kwargs})
+    assert store.manifest().empty
+
+
+@pytest.mark.parametrize(
+    "kwargs,msg",
+    [({"optimizer": "rmsprop"}, "unknown optimizer"), ({"schedule": "linear"}, "unknown schedule"),
+     ({"lr": 0}, "lr must be positive"), ({"epochs": 0}, "epochs"), ({"nesterov": True}, "nesterov")],
+)
+def test_bad_train_config(kwargs, msg):
+    with pytest.raises(UsageError, match=msg):
+        TrainConfig(**kwargs)
