@@ -172,7 +172,7 @@ def _moons() -> Dataset:
 
 def _read_npz(p: Path) -> dict[str, np.ndarray]:
     try:
-        with np.load(p, allow_pickle=False) as z:
+        with open(p, "rb") as fh, np.load(fh, allow_pickle=False) as z:
             return {k: z[k] for k in z.files}
     except Exception as e:  # zipfile, pickle and format errors all mean the same to a user
         raise DataError(f"cannot read {p} as an .npz file: {e}") from None
