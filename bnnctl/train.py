@@ -220,6 +220,24 @@ def train_block(
     )
 
 
+def make_population(
+    dataset: Dataset,
+    config: TrainConfig,
+    arch: ArchSpec | None = None,
+    name: str | None = None,
+    dtype: str = "float32",
+) -> Population:
+    """Validate a population request (before anything touches a store)."""
+    arch = arch or ArchSpec(dataset.default_arch_widths())
+    check_arch(arch, dataset)
+    name = name or dataset.name
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise UsageError(f"population name {name!r} may use letters, digits, '_', '.', '-' only")
+    if dtype not in DTYPES:
+        raise UsageError(f"unknown dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+    return Population(name, arch, config, dataset, dtype)
+
+
 @dataclass
 class TrainResult:
     requested: int
@@ -268,19 +286,12 @@ def train(
 ) -> TrainResult:
     """Train ``seeds`` of a population into ``store``, skipping those already committed.
     ``progress(n)`` is called as model-epochs complete (n at a time)."""
-    arch = arch or ArchSpec(dataset.default_arch_widths())
-    check_arch(arch, dataset)
-    name = population or dataset.name
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise UsageError(f"population name {name!r} may use letters, digits, '_', '.', '-' only")
-    if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+    pop = make_population(dataset, config, arch, population, dtype)
     if block_size < 1 or jobs < 1:
         raise UsageError("block size and jobs must be positive")
     seeds = list(seeds)
     if any(s < 0 for s in seeds):
         raise UsageError("seeds must be non-negative")
-    pop = Population(name, arch, config, dataset, dtype)
     todo = plan(store, pop, seeds)
     blocks = [todo[i : i + block_size] for i in range(0, len(todo), block_size)]
     if not blocks:

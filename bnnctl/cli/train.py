@@ -12,7 +12,7 @@ from bnnctl.cli.common import DEFAULT_STORE, QuietOpt, StoreOpt, command, log, p
 from bnnctl.data import load_dataset
 from bnnctl.errors import UsageError
 from bnnctl.store import Store
-from bnnctl.train import TrainConfig, train
+from bnnctl.train import TrainConfig, make_population, train
 
 DatasetOpt = Annotated[
     str, typer.Option("--dataset", "-d", help="Built-in dataset (digits, moons), or the name for --data.")
@@ -72,8 +72,11 @@ def train_cmd(
         raise UsageError(f"--seeds must be at least 1, got {seeds}")
     if seed_start < 0:
         raise UsageError(f"--seed-start must be >= 0, got {seed_start}")
+    if block_size < 1 or jobs < 1:
+        raise UsageError("--block-size and --jobs must be at least 1")
     ds, spec = dataset_and_arch(dataset, data, arch, activation, dropout)
     cfg = TrainConfig(optimizer, lr, momentum, nesterov, weight_decay, epochs, batch_size, schedule)
+    make_population(ds, cfg, spec, population, dtype)  # refuse bad requests before creating a store
     st = Store.open(store, create=True)
     requested = range(seed_start, seed_start + seeds)
     t0 = time.perf_counter()
