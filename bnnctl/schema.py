@@ -13,7 +13,7 @@ import sys
 
 import pyarrow as pa
 
-S, I, F, B, T = "string", "int64", "float64", "bool", "timestamp"
+S, I, F, B, T = "string", "int64", "float64", "bool", "timestamp"  # noqa: E741
 ARROW = {S: pa.string(), I: pa.int64(), F: pa.float64(), B: pa.bool_(), T: pa.timestamp("us", tz="UTC")}
 KINDS = ("train", "sample", "canonical", "import")
 

@@ -254,12 +254,8 @@ class Store:
         if sum(a.nbytes for a in ds.arrays().values()) > MAX_STORED_DATA_BYTES:
             return None
         path = f"data/{ds.sha256[:16]}"
-        try:
-            g = self.group[path]
-            if g.attrs.get("sha256") == ds.sha256:
-                return path
-        except KeyError:
-            pass
+        if self._complete_data(path, ds.sha256):
+            return path
         g = self.group.require_group(path)
         for key, a in ds.arrays().items():
             g.create_array(
@@ -269,6 +265,12 @@ class Store:
         g.attrs["sha256"] = ds.sha256  # written last: marks the data complete
         return path
 
+    def _complete_data(self, path: str, sha: str) -> bool:
+        try:
+            return self.group[path].attrs.get("sha256") == sha
+        except KeyError:
+            return False
+
     def load_data(self, path: str) -> Dataset:
         try:
             g = self.group[path]
@@ -276,6 +278,36 @@ class Store:
             return validate(name, {k: g[k][:] for k in SPLITS})
         except KeyError:
             raise StoreError(f"data {path} is missing from the store") from None
+
+    # --- engine state (resume points; never named by the manifest) -----------------
+
+    def write_state(self, path: str, arrays: dict[str, np.ndarray], attrs: dict) -> None:
+        """Save an engine's resume state as ``state/<path>``: arrays, then ``attrs`` with a
+        completion mark (written last). Replaces any state already at that path."""
+        g = self.group.create_group(f"state/{path}", overwrite=True)
+        for key, a in arrays.items():
+            a = np.ascontiguousarray(a)
+            g.create_array(name=key, data=a, chunks=tuple(max(1, s) for s in a.shape) or None,
+                           compressors=None, overwrite=True)
+        g.attrs.update({**attrs, "complete": True})
+
+    def read_state(self, path: str) -> tuple[dict[str, np.ndarray], dict] | None:
+        """The state saved at ``state/<path>``, or None when absent or incomplete."""
+        try:
+            g = self.group[f"state/{path}"]
+        except KeyError:
+            return None
+        attrs = dict(g.attrs)
+        if not attrs.pop("complete", False):
+            return None
+        return {k: a[...] for k, a in g.arrays()}, attrs
+
+    def remove_state(self, path: str) -> None:
+        """Delete ``state/<path>`` if present."""
+        try:
+            del self.group[f"state/{path}"]
+        except KeyError:
+            pass
 
     # --- verify --------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ import torch
 from bnnctl.arch import ArchSpec
 from bnnctl.data import Dataset
 from bnnctl.errors import ConflictError, UsageError
-from bnnctl.likelihood import Categorical, Gaussian, for_task
+from bnnctl.likelihood import for_task
 from bnnctl.metrics import evaluate
 from bnnctl.store import DTYPES, Store
 

@@ -28,7 +28,7 @@ from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
 def flops_per_model_epoch(arch: ArchSpec, n: int) -> float:
     """Matmul FLOPs of one epoch over n points: forward, weight gradients, and input
     gradients of every layer but the first."""
-    macs = [a * b for a, b in zip(arch.widths[:-1], arch.widths[1:])]
+    macs = [a * b for a, b in zip(arch.widths[:-1], arch.widths[1:], strict=False)]
     return 2.0 * n * (2 * sum(macs) + sum(macs[1:]))
 
 
@@ -39,7 +39,7 @@ def plain_loop(arch: ArchSpec, cfg: TrainConfig, ds, n_models: int) -> float:
     for seed in range(n_models):
         torch.manual_seed(seed)
         layers = []
-        for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:])):
+        for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
             layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < arch.n_layers - 1 else [])
         net = torch.nn.Sequential(*layers)
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)

@@ -25,7 +25,7 @@ ACT_MODULES = {
 def build_module(arch: ArchSpec) -> torch.nn.Sequential:
     """The plain PyTorch network the spec describes, written independently of arch.py."""
     layers: list[torch.nn.Module] = []
-    for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:])):
+    for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
         layers.append(torch.nn.Linear(a, b))
         if i < len(arch.widths) - 2:
             layers.append(ACT_MODULES[arch.activation]())
