@@ -41,6 +41,23 @@ app = typer.Typer(
 
 err = Console(stderr=True, highlight=False)
 
+
+def _version(value: bool) -> None:
+    if value:
+        from bnnctl import FORMAT_VERSION, __version__
+
+        typer.echo(f"bnnctl {__version__} (store format {FORMAT_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Build and query datasets of thousands of neural-network checkpoints."""
+
 StoreOpt = Annotated[
     str,
     typer.Option(
