@@ -1,0 +1,505 @@
+"""The canonicalize engine: symmetry-free copies of stored checkpoints, checked.
+
+For each selected source row it writes a new row (``kind = canonical``) holding the
+canonical representative of the source's symmetry orbit (:mod:`bnnctl.symmetry`), or,
+with a reference model, the source aligned to it by weight matching (``method =
+align``). Sources are never modified. New rows carry ``parent_id``, the transform as
+JSON, the L2 mass before and after, and ``max_logit_diff``: the largest absolute
+difference of the outputs from the source's on the population's stored test data,
+computed in float32 from the weights as stored. A row whose difference exceeds
+``CHECK_RTOL × max|source output|`` is a :class:`CheckError` and its block is not
+committed.
+
+Rows are committed a block at a time with :meth:`Store.commit_block` (array first,
+then the manifest file, renamed: the commit point). Ids, populations, array paths and
+manifest names are derived from the source ids and the transform alone, so a re-run
+skips what is committed (running twice adds nothing) and, after a crash, rewrites only
+the uncommitted orphan of the same name.
+
+Canonical rows are always stored as float32: a float16 source is exactly float32, but
+its transformed weights are not float16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bnnctl.arch import ArchSpec
+from bnnctl.errors import CheckError, ConflictError, DataError, UsageError
+from bnnctl.likelihood import for_task
+from bnnctl.metrics import evaluate
+from bnnctl.store import Store
+from bnnctl.symmetry import (
+    Transform,
+    canonicalize as canon_form,
+    l2_mass,
+    make_transform,
+    weight_match,
+)
+from bnnctl.train import outputs
+
+#: A canonical row's outputs may differ from its source's by CHECK_RTOL × max |output|.
+CHECK_RTOL = 1e-5
+BLOCK_SIZE = 256
+#: Torch intra-op threads. The symmetry math is thousands of small tensor ops, where
+#: OpenMP threads only add synchronisation (and on a busy machine each parallel region
+#: can stall for milliseconds): it always runs on one thread. The function check is
+#: large matmuls: torch's setting (None) by default. Measured on the shared 2-core
+#: machine (scripts/bench_canonicalize.py, best of 3): check on 2 threads 1495 models/s
+#: when the cores were free, but 2-4x slower than 1 thread (884 models/s) under load;
+#: set CHECK_THREADS = 1 (or OMP_NUM_THREADS=1) on a busy machine.
+MATH_THREADS = 1
+CHECK_THREADS: int | None = None
+#: Models per call of the symmetry math: small enough that a block's weights stay in cache.
+MATH_BLOCK = 32
+#: Canonical weight vectors a, b closer than MODE_RTOL·sqrt((‖a‖²+‖b‖²)/2) are one mode
+#: (single linkage), as in ``bnnctl stats``.
+MODE_RTOL = 0.05
+#: Columns copied from the source row (lineage, data, training config, sampler state).
+INHERITED = (
+    "seed",
+    "dataset",
+    "task",
+    "data",
+    "data_sha256",
+    "optimizer",
+    "lr",
+    "momentum",
+    "nesterov",
+    "weight_decay",
+    "epochs",
+    "batch_size",
+    "schedule",
+    "train_loss",
+    "train_acc",
+    "train_nll",
+    "train_ece",
+    "train_brier",
+    "train_rmse",
+    "chain",
+    "step",
+    "sample_index",
+    "burn_in",
+    "accept_rate",
+    "step_size",
+    "temperature",
+    "prior_var",
+    "noise_std",
+)
+
+
+@dataclass
+class BlockResult:
+    """Transformed ``[M, P]`` float32 params of one block and their checks."""
+
+    params: np.ndarray
+    max_diff: np.ndarray  # [M] max |Δ output|
+    allowed: np.ndarray  # [M] CHECK_RTOL × max |source output|
+    mass_before: np.ndarray
+    mass_after: np.ndarray
+    near_ties: np.ndarray
+    outputs: torch.Tensor  # [M, N, out] outputs of the transformed models on x
+
+
+def transform_block(
+    arch: ArchSpec,
+    params: np.ndarray | torch.Tensor,
+    transform: Transform,
+    x: torch.Tensor,
+    ref: torch.Tensor | None = None,
+) -> BlockResult:
+    """Canonicalise (or align to ``ref``) a block of models and check the function on
+    ``x``: both sides are evaluated in float32 from the weights as stored. Works in
+    chunks of ``MATH_BLOCK`` models, whose weights stay in cache."""
+    src = torch.as_tensor(params, dtype=torch.float32)
+    ref64 = None
+    if ref is not None:
+        ref64 = canon_form(arch, ref.reshape(1, -1), _without_perm(transform)).params[0]
+    parts = []
+    for i in range(0, len(src), MATH_BLOCK):
+        chunk = src[i : i + MATH_BLOCK]
+        with threads(MATH_THREADS):
+            new, ties = _transform(arch, chunk, transform, ref64)
+        with threads(CHECK_THREADS):
+            parts.append((new, ties, outputs(arch, chunk, x), outputs(arch, new, x)))
+    new, ties, out_src, out_new = (
+        torch.cat(p) if isinstance(p[0], torch.Tensor) else np.concatenate(p)
+        for p in zip(*parts, strict=True)
+    )
+    return BlockResult(
+        new.numpy(),
+        (out_new - out_src).abs().amax((1, 2)).double().numpy(),
+        CHECK_RTOL * out_src.abs().amax((1, 2)).double().clamp_min(1e-30).numpy(),
+        l2_mass(arch, src).numpy(),
+        l2_mass(arch, new).numpy(),
+        ties,
+        out_new,
+    )
+
+
+def _transform(arch: ArchSpec, src: torch.Tensor, transform: Transform, ref64: torch.Tensor | None):
+    """Transformed float32 params and near-tie counts (none for alignments); ``ref64``
+    is the reference already in its scale/sign canonical form."""
+    if ref64 is None:
+        c = canon_form(arch, src, transform)
+        return c.params.float(), c.near_ties.numpy()
+    pre = canon_form(arch, src, _without_perm(transform))
+    return weight_match(arch, pre.params, ref64)[0].float(), np.zeros(len(src), dtype=np.int64)
+
+
+@contextmanager
+def threads(n: int | None):
+    """Run torch with ``n`` intra-op threads (None: as is), restoring the setting."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(min(n, before))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _without_perm(t: Transform) -> Transform:
+    return Transform("canonical", tuple(s for s in t.symmetries if s != "perm"), None, t.scale_mode)
+
+
+# --- planning -------------------------------------------------------------------------
+
+
+@dataclass
+class Group:
+    """Source rows sharing population, arch and data: one transform, one test set."""
+
+    population: str
+    arch: ArchSpec
+    data: str | None
+    transform: Transform
+    sources: pd.DataFrame
+    tag: str = ""
+    todo: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def out_population(self) -> str:
+        return f"{self.population}.{self.tag}"
+
+    def target_id(self, source_id: str) -> str:
+        return f"{source_id}.{self.tag}"
+
+
+def tag_of(arch: ArchSpec, t: Transform) -> str:
+    """``canon`` (or ``align-<ref>``) for the default transform of the arch, else with a
+    short hash of the transform spec: ids never collide between transforms."""
+    default = make_transform(arch, reference=t.reference)
+    base = "canon" if t.method == "canonical" else f"align-{t.reference}"
+    if t == default:
+        return base
+    return f"{base}-{hashlib.sha256(t.spec_json().encode()).hexdigest()[:8]}"
+
+
+def plan(
+    store: Store,
+    sources: pd.DataFrame,
+    symmetries: list[str] | None,
+    key: str,
+    scale_mode: str,
+    align_to: str | None,
+) -> tuple[list[Group], pd.DataFrame | None]:
+    """Validate the request and group the sources; raises before anything is written."""
+    man = store.manifest()
+    if sources.empty:
+        raise UsageError("the selection is empty: no rows match")
+    sources = sources[sources["kind"] != "canonical"]
+    if sources.empty:
+        raise UsageError(
+            "the selection holds only canonical rows; select source rows (kind train, sample or import)"
+        )
+    ref_row = None
+    if align_to is not None:
+        hit = man[man["model_id"] == align_to]
+        if hit.empty:
+            raise UsageError(f"no model {align_to!r} in the store (reference for --align-to)")
+        ref_row = hit.iloc[:1]
+    groups = []
+    for (pop, arch_json, data), rows in sources.groupby(
+        ["population", "arch", sources["data"].fillna("")], sort=True
+    ):
+        arch = ArchSpec.from_json(arch_json)
+        if ref_row is not None and not _same_layout(
+            arch, ArchSpec.from_json(ref_row["arch"].iloc[0])
+        ):
+            raise ConflictError(
+                f"reference {align_to} is {ref_row['arch_name'].iloc[0]} {ref_row['activation'].iloc[0]} but "
+                f"population {pop} is {arch.name} {arch.activation}"
+            )
+        t = make_transform(arch, symmetries, key, scale_mode, align_to)
+        if not data:
+            raise DataError(f"population {pop} has no stored test data: its rows cannot be checked")
+        g = Group(pop, arch, data, t, rows, tag_of(arch, t))
+        g.todo = _todo(man, g)
+        groups.append(g)
+    return groups, ref_row
+
+
+def _same_layout(a: ArchSpec, b: ArchSpec) -> bool:
+    return a.widths == b.widths and a.activation == b.activation
+
+
+def _todo(man: pd.DataFrame, g: Group) -> pd.DataFrame:
+    """Sources of ``g`` not yet transformed; refuses an id taken by something else."""
+    targets = g.sources["model_id"].map(g.target_id).to_numpy()
+    done = np.isin(targets, man["model_id"].to_numpy())
+    have = man.set_index("model_id").loc[targets[done]]
+    ok = (
+        (have["kind"] == "canonical")
+        & (have["transform"] == g.transform.to_json(g.arch))
+        & (have["parent_id"].to_numpy() == g.sources["model_id"].to_numpy()[done])
+    )
+    if not ok.all():
+        mid = have.index[int(np.argmin(ok.to_numpy()))]
+        raise ConflictError(f"model id {mid} already exists in the store with another meaning")
+    return g.sources[~done]
+
+
+def check_finite(store: Store, rows: pd.DataFrame, block_size: int = BLOCK_SIZE) -> None:
+    """DataError naming the first source row with NaN or Inf weights."""
+    for i in range(0, len(rows), block_size):
+        chunk = rows.iloc[i : i + block_size]
+        bad = ~np.isfinite(store.read_params(chunk)).all(1)
+        if bad.any():
+            mid = chunk["model_id"].iloc[int(np.argmax(bad))]
+            raise DataError(f"model {mid} has NaN or Inf weights; deselect it with --where")
+
+
+# --- running --------------------------------------------------------------------------
+
+
+@dataclass
+class CanonResult:
+    requested: int  # source rows selected (canonical rows excluded)
+    skipped: int  # already transformed with the same transform
+    rows: pd.DataFrame  # rows committed by this call
+    canonical: pd.DataFrame  # the selection's transformed rows, new and old
+    report: dict
+
+
+def canonicalize(
+    store: Store,
+    sources: pd.DataFrame | None = None,
+    symmetries: list[str] | None = None,
+    key: str = "pc",
+    scale_mode: str = "l2",
+    align_to: str | None = None,
+    block_size: int = BLOCK_SIZE,
+    mode_rtol: float = MODE_RTOL,
+    progress: Callable[[int], None] | None = None,
+) -> CanonResult:
+    """Canonicalise (or, with ``align_to``, align) ``sources`` (default: every row that
+    is not canonical) into new rows; skip those already done. See the module doc."""
+    if block_size < 1:
+        raise UsageError("block size must be positive")
+    man = store.manifest()
+    sources = man[man["kind"] != "canonical"] if sources is None else sources
+    groups, ref_row = plan(store, sources, symmetries, key, scale_mode, align_to)
+    ref = None
+    if ref_row is not None:
+        ref = torch.from_numpy(store.read_params(ref_row)[0])
+        if not torch.isfinite(ref).all():
+            raise DataError(f"reference {align_to} has NaN or Inf weights")
+    for g in groups:
+        if not g.todo.empty:
+            check_finite(store, g.todo, block_size)
+    done = []
+    for g in groups:
+        done += _run_group(store, g, ref, block_size, progress)
+    new = pd.concat(done, ignore_index=True) if done else man.iloc[0:0]
+    n_src = sum(len(g.sources) for g in groups)
+    canon = _selection_rows(store.manifest(), groups)
+    rep = report(store, groups, canon, mode_rtol)
+    rep["new"] = int(len(new))
+    return CanonResult(n_src, n_src - len(new), new, canon, rep)
+
+
+def _run_group(store: Store, g: Group, ref, block_size: int, progress) -> list[pd.DataFrame]:
+    if g.todo.empty:
+        return []
+    data = store.load_data(g.data)
+    x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    spec = g.transform.to_json(g.arch)
+    out = []
+    for i in range(0, len(g.todo), block_size):
+        chunk = g.todo.iloc[i : i + block_size]
+        t0 = time.perf_counter()
+        res = transform_block(g.arch, store.read_params(chunk), g.transform, x, ref)
+        bad = ~(res.max_diff <= res.allowed)  # NaN fails too
+        if bad.any():
+            j = int(np.argmax(bad))
+            raise CheckError(
+                f"{g.target_id(chunk['model_id'].iloc[j])}: outputs differ from the source by "
+                f"{res.max_diff[j]:.3g} > {res.allowed[j]:.3g} (rtol {CHECK_RTOL:g}); not committed"
+            )
+        noise = chunk["noise_std"].iloc[0] if "noise_std" in chunk else None
+        lik = for_task(chunk["task"].iloc[0], *([] if _py(noise) is None else [float(noise)]))
+        metrics = {k: v.double().numpy() for k, v in evaluate(lik, res.outputs, y).items()}
+        wall = (time.perf_counter() - t0) / len(chunk)
+        rows = [
+            _row(g, src, spec, res, j, metrics, wall)
+            for j, src in enumerate(chunk.to_dict("records"))
+        ]
+        block = _block_name(g, chunk)
+        out.append(
+            store.commit_block(
+                f"params/{g.out_population}/{block}",
+                res.params,
+                "float32",
+                g.arch,
+                rows,
+                f"canonical-{g.out_population}-{block}",
+            )
+        )
+        if progress is not None:
+            progress(len(chunk))
+    return out
+
+
+def _block_name(g: Group, chunk: pd.DataFrame) -> str:
+    """Deterministic in the block's sources and the transform: a re-run after a crash
+    reuses the name (overwriting only an uncommitted orphan); two runs never collide."""
+    h = hashlib.sha256(g.transform.spec_json().encode())
+    for mid in chunk["model_id"]:
+        h.update(f"\0{mid}".encode())
+    return f"b{h.hexdigest()[:16]}"
+
+
+def _row(
+    g: Group, src: dict, spec: str, res: BlockResult, j: int, metrics: dict, wall: float
+) -> dict:
+    row = {k: _py(src.get(k)) for k in INHERITED}
+    row.update(
+        {
+            "model_id": g.target_id(src["model_id"]),
+            "kind": "canonical",
+            "method": g.transform.method,
+            "population": g.out_population,
+            "parent_id": src["model_id"],
+            "config_sha256": hashlib.sha256(f"{src['config_sha256']}:{spec}".encode()).hexdigest(),
+            "transform": spec,
+            "max_logit_diff": float(res.max_diff[j]),
+            "l2_mass_before": float(res.mass_before[j]),
+            "l2_mass_after": float(res.mass_after[j]),
+            "wall_time_s": wall,
+            **{f"test_{k}": float(v[j]) for k, v in metrics.items()},
+        }
+    )
+    return row
+
+
+def _py(v):
+    """A pandas cell as a plain Python value (None for missing)."""
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _selection_rows(man: pd.DataFrame, groups: list[Group]) -> pd.DataFrame:
+    ids = [g.target_id(m) for g in groups for m in g.sources["model_id"]]
+    return man[man["model_id"].isin(ids)]
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def report(
+    store: Store, groups: list[Group], canon: pd.DataFrame, mode_rtol: float = MODE_RTOL
+) -> dict:
+    """Summary of the selection's transformed rows: excess L2 mass over the scaling
+    minimum, distinct modes, near-ties, the largest function difference."""
+    before, after = canon["l2_mass_before"].to_numpy(float), canon["l2_mass_after"].to_numpy(float)
+    excess = 100.0 * (before / after - 1.0)
+    rel = canon["max_logit_diff"].to_numpy(float)
+    rep = {
+        "models": int(len(canon)),
+        "new": None,
+        "transforms": sorted({g.tag for g in groups}),
+        "symmetries": sorted({",".join(g.transform.symmetries) for g in groups}),
+        "key": sorted({g.transform.key or "-" for g in groups}),
+        "l2_mass_before_median": _stat(np.median, before),
+        "l2_mass_after_median": _stat(np.median, after),
+        "excess_mass_pct_median": _stat(np.median, excess),
+        "excess_mass_pct_mean": _stat(np.mean, excess),
+        "excess_mass_pct_min": _stat(np.min, excess),
+        "excess_mass_pct_max": _stat(np.max, excess),
+        "max_logit_diff": _stat(np.max, rel),
+        "check_rtol": CHECK_RTOL,
+        "modes": 0,
+        "mode_rtol": mode_rtol,
+        "near_tie_units": 0,
+        "models_with_near_ties": 0,
+        "tie_rtol": None,
+    }
+    from bnnctl.symmetry import TIE_RTOL
+
+    for g in groups:
+        rows = canon[canon["population"] == g.out_population]
+        rows = rows[rows["parent_id"].isin(g.sources["model_id"])]
+        if rows.empty:
+            continue
+        params = store.read_params(rows)
+        rep["modes"] += count_modes(params, mode_rtol)
+        if g.transform.method == "canonical" and "perm" in g.transform.symmetries:
+            with threads(MATH_THREADS):
+                ties = np.concatenate(
+                    [
+                        canon_form(
+                            g.arch,
+                            torch.from_numpy(params[i : i + MATH_BLOCK]),
+                            _perm_only(g.transform),
+                        ).near_ties.numpy()
+                        for i in range(0, len(params), MATH_BLOCK)
+                    ]
+                )
+            rep["near_tie_units"] += int(ties.sum())
+            rep["models_with_near_ties"] += int((ties > 0).sum())
+            rep["tie_rtol"] = TIE_RTOL
+    return rep
+
+
+def _perm_only(t: Transform) -> Transform:
+    """Sorting an already canonical model again: same order, and it yields its ties."""
+    return Transform("canonical", ("perm",), t.key, None)
+
+
+def _stat(fn, a: np.ndarray) -> float | None:
+    return float(fn(a)) if len(a) and np.isfinite(a).all() else None
+
+
+def count_modes(params: np.ndarray, rtol: float = MODE_RTOL, chunk: int = 512) -> int:
+    """Single-linkage clusters: connected components of the graph linking ``a`` and ``b``
+    when ``‖a − b‖ ≤ rtol·sqrt((‖a‖² + ‖b‖²)/2)`` (the definition ``bnnctl stats`` uses).
+    Distances in float32 (relative error ~1e-7 of ‖a‖², far below rtol²)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    x = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))
+    n = len(x)
+    if n <= 1:
+        return n
+    sq = torch.linalg.vector_norm(x, dim=1).double() ** 2
+    rows, cols = [], []
+    for i in range(0, n, chunk):  # pairs (a, b) with a in the chunk and b not before it
+        d2 = torch.cdist(x[i : i + chunk], x[i:]).double().pow(2)
+        r, c = torch.nonzero(
+            d2 <= rtol**2 * (sq[i : i + chunk, None] + sq[None, i:]) / 2, as_tuple=True
+        )
+        rows.append(r.numpy() + i)
+        cols.append(c.numpy() + i)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    return int(connected_components(graph, directed=False)[0])

@@ -1,0 +1,377 @@
+"""The sample engine: many posterior chains at once, committed segment by segment.
+
+A sample population is ``chains`` chains of one method, run together on stacked
+parameters ``[M, P]``. Chains start from prior draws, or from checkpoints selected in the
+manifest (``start``): one chain per selected row (multi-mode, ``parent_id`` = that
+row), or all chains from a single row (single-mode); ``chains`` may be any multiple of
+the number of rows (chain k starts from row k mod n).
+
+The kept samples are committed in segments of ``segment`` samples per chain: one params
+array and one manifest file per segment (the store's whole-shard, crash-safe protocol).
+Before each commit the engine saves the state after that segment — positions, momenta,
+step sizes, optimizer moments and every chain's RNG state — under
+``state/<population>/kept<k>``; after the commit the previous state is deleted. A killed
+run re-run with the same arguments resumes from the state matching the last committed
+segment and yields exactly the samples of an uninterrupted run. A chain whose energy or
+parameters stop being finite is *divergent*: its later samples are not stored, and the
+result reports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bnnctl.arch import ArchSpec
+from bnnctl.data import Dataset
+from bnnctl.errors import CheckError, ConflictError, StoreError, UsageError
+from bnnctl.likelihood import for_task
+from bnnctl.posterior import LogPosterior
+from bnnctl.samplers import NEED_START, Sampler, SamplerConfig, build, load_state, save_state
+from bnnctl.samplers.base import step_size_at
+from bnnctl.store import Store
+from bnnctl.train import check_arch, metrics_of
+
+DEFAULT_CHAINS = 8
+#: Rows per committed block aimed at when no segment size is given.
+BLOCK_ROWS = 256
+METRIC_CHUNK = 64
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """Everything one sample population's rows depend on."""
+
+    config: SamplerConfig
+    arch: ArchSpec
+    dataset: Dataset
+    data_path: str | None
+    starts: torch.Tensor | None  # [chains, P] or None: prior draws
+    parents: list[str | None]
+    samples: int
+    segment: int
+    population: str
+    seed: int
+    sha256: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        desc = json.dumps({
+            "config": self.config.as_dict(), "arch": self.arch.to_json(), "data": self.dataset.sha256,
+            "parents": self.parents, "samples": self.samples, "segment": self.segment, "seed": self.seed,
+        }, sort_keys=True)
+        object.__setattr__(self, "sha256", hashlib.sha256(desc.encode()).hexdigest())
+
+    @property
+    def chains(self) -> int:
+        return len(self.parents)
+
+    @property
+    def n_segments(self) -> int:
+        return -(-self.samples // self.segment)
+
+    def generator(self, chain: int) -> torch.Generator:
+        digest = hashlib.sha256(f"{self.sha256}:{chain}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+    def state_path(self, kept: int) -> str:
+        return f"{self.population}/kept{kept:07d}"
+
+    def array_path(self, seg: int) -> str:
+        return f"params/{self.population}/seg{seg:06d}"
+
+
+@dataclass
+class SampleResult:
+    population: str
+    rows: pd.DataFrame  # rows committed by this call
+    skipped_segments: int  # segments already in the store
+    divergent: dict[int, int]  # chain -> sampler step at which it diverged
+    divergent_transitions: int = 0  # HMC proposals rejected as divergent
+    accept_rate: np.ndarray | None = None  # HMC, per chain
+
+
+# --- planning ---------------------------------------------------------------------------
+
+
+def make_plan(
+    store: Store,
+    config: SamplerConfig,
+    samples: int,
+    chains: int | None = None,
+    dataset: Dataset | None = None,
+    arch: ArchSpec | None = None,
+    start: pd.DataFrame | None = None,
+    population: str | None = None,
+    segment: int | None = None,
+    seed: int = 0,
+) -> Plan:
+    """Validate the request and resolve chains, starts, data and names (writes nothing
+    but the dataset, once everything is checked)."""
+    check_request(config, samples, chains, segment, start is not None)
+    if start is None:
+        if dataset is None:
+            raise UsageError("give a dataset, or --from checkpoints whose data is in the store")
+        arch = arch or ArchSpec(dataset.default_arch_widths())
+        chains = chains or DEFAULT_CHAINS
+        starts, parents, data_path = None, [None] * chains, None
+    else:
+        arch, dataset, data_path, starts, parents = _resolve_start(store, start, chains)
+    check_arch(arch, dataset)
+    if config.method == "mc_dropout" and arch.dropout <= 0:
+        raise UsageError(f"MC dropout needs checkpoints trained with dropout; {arch.name} has none "
+                         "(train with --dropout RATE)")
+    name = population or f"{dataset.name}-{config.method}"
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
+        raise UsageError(f"population name {name!r} may use letters, digits, '_', '.', '-' only")
+    seg = segment or max(1, min(samples, BLOCK_ROWS // len(parents)))
+    if start is None:
+        data_path = store.put_dataset(dataset)
+    return Plan(config, arch, dataset, data_path, starts, list(parents), samples, seg, name, seed)
+
+
+def check_request(config: SamplerConfig, samples: int, chains: int | None, segment: int | None,
+                  has_start: bool) -> None:
+    """Checks that need no store (so that bad input never creates one)."""
+    if samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {samples}")
+    if chains is not None and chains < 1:
+        raise UsageError(f"--chains must be at least 1, got {chains}")
+    if segment is not None and segment < 1:
+        raise UsageError(f"segment size must be at least 1, got {segment}")
+    if not has_start and config.method in NEED_START:
+        raise UsageError(f"{config.method} works around trained checkpoints: pass --from EXPR")
+
+
+def _resolve_start(store: Store, start: pd.DataFrame, chains: int | None):
+    if start.empty:
+        raise UsageError("--from selects no checkpoints")
+    if start["arch"].nunique() > 1:
+        names = ", ".join(sorted(set(start["arch_name"] + " " + start["activation"])))
+        raise UsageError(f"--from mixes architectures ({names}); select checkpoints of one")
+    if start["data_sha256"].nunique() > 1:
+        raise UsageError("--from mixes checkpoints trained on different data; select one dataset")
+    data = start["data"].iloc[0]
+    if data is None or data is pd.NA or (isinstance(data, float) and np.isnan(data)):
+        raise StoreError("the selected checkpoints' data is not kept in the store")
+    n = len(start)
+    chains = chains or n
+    if chains % n:
+        raise UsageError(f"--chains {chains} is not a multiple of the {n} selected checkpoints")
+    order = [k % n for k in range(chains)]
+    params = torch.from_numpy(store.read_params(start))[order]
+    arch = ArchSpec.from_json(start["arch"].iloc[0])
+    return arch, store.load_data(data), data, params, [str(start["model_id"].iloc[i]) for i in order]
+
+
+def check_population(store: Store, plan: Plan) -> list[int]:
+    """Indices of the population's committed segments; refuses another configuration."""
+    man = store.manifest()
+    mine = man[man["population"] == plan.population]
+    other = mine[(mine["config_sha256"] != plan.sha256) | (mine["kind"] != "sample")]
+    if not other.empty:
+        row = other.iloc[0]
+        what = f"{row['kind']} rows" if row["kind"] != "sample" else f"{row['method']} samples with other settings"
+        raise ConflictError(f"population {plan.population!r} already holds {what}; re-run with the same "
+                            "arguments to resume, or pass --population NAME for a new population")
+    return sorted({int(a.rsplit("seg", 1)[1]) for a in mine["array"]})
+
+
+# --- running ----------------------------------------------------------------------------
+
+
+def sample(
+    store: Store,
+    config: SamplerConfig,
+    samples: int = 100,
+    chains: int | None = None,
+    dataset: Dataset | None = None,
+    arch: ArchSpec | None = None,
+    start: pd.DataFrame | None = None,
+    population: str | None = None,
+    segment: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> SampleResult:
+    """Run (or resume) a sample population and commit its kept samples segment by
+    segment. ``progress(n)`` is called as sampler updates (or draws) complete."""
+    plan = make_plan(store, config, samples, chains, dataset, arch, start, population, segment, seed)
+    return run_plan(store, plan, progress)
+
+
+def run_plan(store: Store, plan: Plan, progress: Callable[[int], None] | None = None) -> SampleResult:
+    done = check_population(store, plan)
+    if done != list(range(len(done))):
+        raise StoreError(f"population {plan.population!r} has gaps in its committed segments")
+    progress = progress or (lambda n: None)
+    cfg = plan.config
+    post = LogPosterior.of(plan.arch, plan.dataset, cfg.prior_var, cfg.temperature, cfg.noise_std)
+    sampler = build(cfg, post)
+    result = SampleResult(plan.population, store.manifest().iloc[0:0], len(done), {})
+    if len(done) >= plan.n_segments:
+        return result
+    state = _restore(store, plan, sampler, len(done))
+    if state is None:
+        state = _burn_in(plan, sampler, post, progress)
+        _save(store, plan, state, 0)
+    blocks = []
+    for seg in range(len(done), plan.n_segments):
+        state, block = _segment(store, plan, sampler, state, seg, progress, result.divergent)
+        blocks.append(block)
+    store.remove_state(plan.population)  # the run is complete: no resume point needed
+    result.rows = pd.concat(blocks, ignore_index=True)
+    _summarise(result, state)
+    return result
+
+
+def _restore(store: Store, plan: Plan, sampler: Sampler, committed: int):
+    saved = store.read_state(plan.state_path(committed * plan.segment))
+    if saved is not None and saved[1].get("config_sha256") == plan.sha256:
+        return load_state(sampler.state_type, *saved)
+    if committed:
+        raise StoreError(f"cannot resume population {plan.population!r}: its sampler state after "
+                         f"segment {committed} is missing; use a new --population")
+    return None
+
+
+def _save(store: Store, plan: Plan, state, kept: int) -> None:
+    arrays, attrs = save_state(state)
+    store.write_state(plan.state_path(kept), arrays, {**attrs, "config_sha256": plan.sha256, "kept": kept})
+
+
+def _burn_in(plan: Plan, sampler: Sampler, post: LogPosterior, progress):
+    """Start the chains and run burn-in (MCMC) or the fit (approximations)."""
+    gens = [plan.generator(k) for k in range(plan.chains)]
+    if plan.starts is None:
+        std = plan.config.prior_var**0.5
+        starts = torch.stack([torch.randn(plan.arch.n_params, generator=g) * std for g in gens])
+    else:
+        starts = plan.starts
+    state = sampler.init(starts, gens)
+    steps = sampler.fit_steps if sampler.approximate else plan.config.burn_in
+    for _ in range(steps):
+        state = sampler.update(state)
+        progress(1)
+    return state
+
+
+def _segment(store: Store, plan: Plan, sampler: Sampler, state, seg: int, progress, divergent: dict):
+    """Run one segment, save the state after it, commit its samples; return both.
+    Chains first seen divergent are added to ``divergent`` (chain -> step)."""
+    t0 = time.perf_counter()
+    k0, k1 = seg * plan.segment, min((seg + 1) * plan.segment, plan.samples)
+    kept, info = [], []
+    for i in range(k0, k1):
+        if sampler.approximate:
+            theta = sampler.draw(state)
+            progress(1)
+        else:
+            for _ in range(plan.config.thin):
+                state = sampler.update(state)
+                progress(1)
+            theta = state.params
+        ok = ~(state.diverged | ~torch.isfinite(theta).all(-1))
+        for c in torch.nonzero(~ok).flatten().tolist():
+            divergent.setdefault(c, state.step)
+        kept.append(theta[ok].float())
+        info.append((i, state.step, ok.clone(), _step_sizes(plan, state), _accept(state)))
+    params = torch.cat(kept)
+    rows = [_row(plan, c, i, step, sizes[c], acc[c] if acc is not None else None)
+            for i, step, ok, sizes, acc in info for c in torch.nonzero(ok).flatten().tolist()]
+    params, rows = _drop_nonfinite(plan, params, rows, state, divergent)
+    if seg == 0 and sampler.summary is not None:
+        params, rows = _add_summary(plan, sampler, state, params, rows)
+    if not rows:
+        raise CheckError(f"every chain of population {plan.population!r} diverged (non-finite energy); "
+                         "nothing stored — lower --step-size")
+    for r in rows:
+        r["wall_time_s"] = (time.perf_counter() - t0) / len(rows)
+    _save(store, plan, state, k1)
+    block = store.commit_block(plan.array_path(seg), params.numpy(), "float32", plan.arch, rows,
+                               f"sample-{plan.population}-seg{seg:06d}")
+    store.remove_state(plan.state_path(k0))
+    return state, block
+
+
+def _drop_nonfinite(plan: Plan, params: torch.Tensor, rows: list[dict], state, divergent: dict):
+    """Add metrics to the sample rows; a sample whose training NLL is not finite marks its
+    chain divergent from there on (an SG step computes the energy only at its start)."""
+    if not rows:
+        return params, rows
+    metrics = _metrics(plan, params)
+    bad_from: dict[int, int] = {}
+    for j, r in enumerate(rows):
+        r.update({k: float(v[j]) for k, v in metrics.items()})
+        if not np.isfinite(r["train_nll"]) and r["chain"] not in bad_from:
+            bad_from[r["chain"]] = r["sample_index"]
+            divergent.setdefault(r["chain"], r["step"])
+    if not bad_from:
+        return params, rows
+    state.diverged[list(bad_from)] = True
+    keep = [j for j, r in enumerate(rows) if r["sample_index"] < bad_from.get(r["chain"], 1 << 62)]
+    return params[keep], [rows[j] for j in keep]
+
+
+def _step_sizes(plan: Plan, state) -> list[float | None]:
+    cfg = plan.config
+    if cfg.method == "hmc":
+        return state.step_size.tolist()
+    if cfg.method in ("sgld", "sghmc"):
+        return [step_size_at(cfg, state.step - 1)] * plan.chains
+    return [cfg.step_size if cfg.step_size > 0 else None] * plan.chains
+
+
+def _accept(state) -> list[float] | None:
+    return state.accept_rate.tolist() if hasattr(state, "accept_rate") else None
+
+
+def _row(plan: Plan, chain: int, index: int, step: int, size, accept, what: str | None = None) -> dict:
+    cfg, ds = plan.config, plan.dataset
+    suffix = f"s{index:06d}" if what is None else what
+    return {
+        "model_id": f"{plan.population}.c{chain:05d}.{suffix}", "kind": "sample",
+        "method": cfg.method if what is None else f"{cfg.method}-{what}",
+        "population": plan.population, "seed": chain, "dataset": ds.name, "task": ds.task,
+        "data": plan.data_path, "data_sha256": ds.sha256, "config_sha256": plan.sha256,
+        "parent_id": plan.parents[chain], "chain": chain, "step": step,
+        "sample_index": index if what is None else None, "burn_in": cfg.burn_in,
+        "accept_rate": accept, "step_size": size, "temperature": cfg.temperature,
+        "prior_var": cfg.prior_var, "noise_std": cfg.noise_std if ds.task == "regression" else None,
+        "batch_size": cfg.batch_size if cfg.method in ("sgld", "sghmc", "mfvi", "swag") else None,
+    }
+
+
+def _add_summary(plan: Plan, sampler: Sampler, state, params, rows):
+    """Append q's mean / std rows (approximations) to the first segment's block; the
+    mean rows get metrics like samples, the std rows none."""
+    ok = torch.nonzero(~state.diverged).flatten().tolist()
+    for what, value in sampler.summary(state).items():
+        extra = [_row(plan, c, -1, state.step, None, None, what) for c in ok]
+        if what == "mean" and extra:
+            metrics = _metrics(plan, value[ok].float())
+            for j, r in enumerate(extra):
+                r.update({k: float(v[j]) for k, v in metrics.items()})
+        params = torch.cat([params, value[ok].float()])
+        rows = rows + extra
+    return params, rows
+
+
+def _metrics(plan: Plan, params: torch.Tensor) -> dict[str, np.ndarray]:
+    """Train and test metrics of stacked params, in chunks of models."""
+    lik = for_task(plan.dataset.task, plan.config.noise_std)
+    parts = [metrics_of(plan.arch, lik, params[i : i + METRIC_CHUNK], plan.dataset)
+             for i in range(0, len(params), METRIC_CHUNK)]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
+def _summarise(result: SampleResult, state) -> None:
+    if hasattr(state, "divergences"):
+        result.divergent_transitions = int(state.divergences.sum())
+        result.accept_rate = state.accept_rate.numpy()

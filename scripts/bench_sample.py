@@ -1,0 +1,155 @@
+"""Sampler throughput: gradient evaluations per second for many chains run together
+versus the same chains run one at a time, measured in one run on the default MLP
+(digits, mlp:64-128-128-10, relu).
+
+  (a) one at a time, the ordinary way: per chain an nn.Module, autograd for ∇U and the
+      same update written with torch ops (what a posteriors-style loop does);
+  (a') one at a time with bnnctl's own sampler code (M = 1: a lean, strong baseline);
+  (b) together: one bnnctl sampler over 64 stacked chains (M = 64, batched matmuls);
+  (c) this machine's sgemm rate (torch.mm on large square matrices).
+
+A gradient evaluation is one chain's ∇U on one minibatch (SGHMC, batch 128) or on the
+full training set (HMC: one leapfrog step). Prints grad evals/s for (a), (a') and (b),
+the speedups b/a and b/a', and (b)'s fraction of the sgemm roofline (matmul FLOPs per
+evaluation). Numbers from one run only: the machine is shared, so rerun to compare.
+
+    python scripts/bench_sample.py                 # SGHMC, ~1 min
+    python scripts/bench_sample.py --method hmc
+    python scripts/bench_sample.py --quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from bnnctl import ArchSpec, load_dataset
+from bnnctl.posterior import LogPosterior
+from bnnctl.samplers import SamplerConfig, build
+
+
+def flops_per_eval(arch: ArchSpec, points: int) -> float:
+    """Matmul FLOPs of one gradient: forward, weight gradients, input gradients but the first."""
+    macs = [a * b for a, b in zip(arch.widths[:-1], arch.widths[1:], strict=False)]
+    return 2.0 * points * (2 * sum(macs) + sum(macs[1:]))
+
+
+def rate(sampler, p: int, chains: int, updates: int, evals_per_update: int, seed: int) -> float:
+    """Gradient evaluations per second of ``updates`` updates on ``chains`` stacked chains."""
+    gens = [torch.Generator().manual_seed(seed + k) for k in range(chains)]
+    start = torch.stack([torch.randn(p, generator=g) * 0.1 for g in gens])
+    state = sampler.init(start, gens)
+    state = sampler.update(state)  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(updates):
+        state = sampler.update(state)
+    return chains * updates * evals_per_update / (time.perf_counter() - t0)
+
+
+def plain_rate(arch: ArchSpec, ds, method: str, chains: int, updates: int, leapfrog: int) -> float:
+    """Grad evals/s of the ordinary loop: one nn.Module per chain, autograd gradients."""
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    n, lr, alpha, prior_var = len(x), 1e-5, 0.05, 0.2
+    evals, t0 = 0, time.perf_counter()
+    for k in range(chains):
+        g = torch.Generator().manual_seed(k)
+        layers = []
+        for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
+            layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < arch.n_layers - 1 else [])
+        net = torch.nn.Sequential(*layers)
+        params = list(net.parameters())
+
+        def grad_u(idx, net=net, params=params):
+            xb, yb = (x, y) if idx is None else (x[idx], y[idx])
+            loss = torch.nn.functional.cross_entropy(net(xb), yb, reduction="sum") * (n / len(xb))
+            loss = loss + sum(p.square().sum() for p in params) / (2 * prior_var)
+            return loss.detach(), torch.autograd.grad(loss, params)
+
+        moms = [torch.zeros_like(p) for p in params]
+        for _ in range(updates):
+            if method == "hmc":  # leapfrog only (accept/reject costs one comparison)
+                moms = [torch.randn(p.shape, generator=g) for p in params]
+                for _ in range(leapfrog):
+                    _, grads = grad_u(None)
+                    with torch.no_grad():
+                        for p, m, gr in zip(params, moms, grads, strict=True):
+                            m.sub_(gr, alpha=1e-4)
+                            p.add_(m, alpha=1e-4)
+                    evals += 1
+            else:
+                _, grads = grad_u(torch.randint(n, (128,), generator=g))
+                with torch.no_grad():
+                    for p, m, gr in zip(params, moms, grads, strict=True):
+                        noise = torch.randn(p.shape, generator=g) * (2 * alpha * lr) ** 0.5
+                        m.mul_(1 - alpha).sub_(gr, alpha=lr).add_(noise)
+                        p.add_(m)
+                evals += 1
+    return evals / (time.perf_counter() - t0)
+
+
+def sgemm_gflops(size: int, reps: int) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    torch.mm(a, b)
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        torch.mm(a, b)
+    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (for the test suite)")
+    ap.add_argument("--method", default="sghmc", choices=["sgld", "sghmc", "hmc"])
+    ap.add_argument("--chains", type=int, default=64)
+    ap.add_argument("--updates", type=int, default=60, help="updates of the stacked chains")
+    ap.add_argument("--single-updates", type=int, default=15, help="updates of each lone chain")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = load_dataset("digits")
+    arch = ArchSpec((64, 128, 128, 10))
+    chains, updates, single = (4, 2, 1) if args.quick else (args.chains, args.updates, args.single_updates)
+    leapfrog = 2 if args.quick else 5
+    if args.method == "hmc":
+        updates, single = max(1, updates // leapfrog), max(1, single // leapfrog)
+    cfg = SamplerConfig(args.method, step_size=1e-5, burn_in=0, leapfrog=leapfrog)
+    sampler = build(cfg, LogPosterior.of(arch, ds, prior_var=0.2))
+    per_update = leapfrog if args.method == "hmc" else 1
+    points = ds.x_train.shape[0] if args.method == "hmc" else cfg.batch_size
+
+    plain = plain_rate(arch, ds, args.method, chains, single, leapfrog)
+    lone_t0 = time.perf_counter()
+    lone_rates = [rate(sampler, arch.n_params, 1, single, per_update, k) for k in range(chains)]
+    lone = chains * single * per_update / sum(single * per_update / r for r in lone_rates)
+    lone_wall = time.perf_counter() - lone_t0
+    together = rate(sampler, arch.n_params, chains, updates, per_update, 0)
+    peak = sgemm_gflops(512 if args.quick else 2048, 3 if args.quick else 20)
+    gflops = together * flops_per_eval(arch, points) / 1e9
+    out = {
+        "method": args.method, "chains": chains, "arch": arch.name, "points_per_eval": points,
+        "plain_one_at_a_time_evals_per_s": round(plain, 1),
+        "bnnctl_one_at_a_time_evals_per_s": round(lone, 1), "together_evals_per_s": round(together, 1),
+        "speedup": round(together / plain, 2), "speedup_vs_bnnctl_single": round(together / lone, 2), "together_gflops": round(gflops, 1),
+        "sgemm_gflops": round(peak, 1), "roofline_fraction": round(gflops / peak, 3),
+        "threads": torch.get_num_threads(), "one_at_a_time_wall_s": round(lone_wall, 2),
+    }
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"{args.method} on digits {arch.name}, {chains} chains, {points} points per gradient, "
+          f"{out['threads']} threads")
+    print(f"  (a)  one at a time, nn.Module + autograd : {plain:9.1f} grad evals/s")
+    print(f"  (a') one at a time, bnnctl sampler M=1   : {lone:9.1f} grad evals/s")
+    print(f"  (b)  together, bnnctl sampler M={chains:<3}     : {together:9.1f} grad evals/s  "
+          f"({gflops:.1f} GFLOP/s, {100 * gflops / peak:.0f} % of sgemm {peak:.0f} GFLOP/s)")
+    print(f"  speedup b/a  : {together / plain:6.2f} x")
+    print(f"  speedup b/a' : {together / lone:6.2f} x")
+
+
+if __name__ == "__main__":
+    main()
