@@ -158,7 +158,7 @@ def train_models(
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     n, bs = x.shape[0], cfg.batch_size
     masks = None
-    loss = torch.zeros(m, dtype=torch.float64)
+    loss = torch.zeros(m)
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
@@ -166,18 +166,21 @@ def train_models(
         loss.zero_()
         for start in range(0, n, bs):
             idx = order[:, start : start + bs]
+            b = idx.shape[1]
+            flat_idx = idx.reshape(-1)
             if arch.dropout > 0:
-                masks = dropout_masks(arch, gens, idx.shape[1])
+                masks = dropout_masks(arch, gens, b)
             with torch.no_grad():
                 keep: list[torch.Tensor] = []
-                out = arch.forward(layers, x[idx], keep, masks)
-                nll, dout = lik.nll_and_grad(out, y[idx])
-                arch.backward(layers, keep, dout.div_(idx.shape[1]), grads, masks)
+                xb = x.index_select(0, flat_idx).view(m, b, -1)
+                out = arch.forward(layers, xb, keep, masks)
+                nll, dout = lik.nll_and_grad(out, y.index_select(0, flat_idx).view(m, b, *y.shape[1:]))
+                arch.backward(layers, keep, dout.div_(b), grads, masks)
             opt.step()
-            loss += nll.double()
+            loss += nll
         if on_epoch is not None:
             on_epoch(m)
-    return arch.to_model_major(buf.detach(), m), (loss / n).numpy()
+    return arch.to_model_major(buf.detach(), m), (loss.double() / n).numpy()
 
 
 def dropout_masks(arch: ArchSpec, gens: list[torch.Generator], batch: int) -> list[torch.Tensor]:

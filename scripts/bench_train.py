@@ -23,6 +23,7 @@ import time
 import torch
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
+from bnnctl.train import Population, train_models
 
 
 def flops_per_model_epoch(arch: ArchSpec, n: int) -> float:
@@ -33,10 +34,13 @@ def flops_per_model_epoch(arch: ArchSpec, n: int) -> float:
 
 
 def plain_loop(arch: ArchSpec, cfg: TrainConfig, ds, n_models: int) -> float:
-    """Models/s of the ordinary way: one nn.Module and optimizer per model."""
+    """Models/s of the ordinary way: one nn.Module and optimizer per model (after one
+    untimed warm-up model, as both sides get)."""
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     t0 = time.perf_counter()
-    for seed in range(n_models):
+    for seed in range(-1, n_models):
+        if seed == 0:
+            t0 = time.perf_counter()
         torch.manual_seed(seed)
         layers = []
         for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
@@ -78,6 +82,7 @@ def main() -> None:
     n_models, n_plain = (4, 1) if args.quick else (args.models, args.plain_models)
 
     plain = plain_loop(arch, cfg, ds, n_plain)
+    train_models(Population("warm-up", arch, cfg, ds), [0, 1])  # untimed warm-up
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(f"{tmp}/bench.zarr", create=True)
         t0 = time.perf_counter()
