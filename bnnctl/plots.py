@@ -80,7 +80,7 @@ def _canonical(store: Store, ctx: Context, labels: np.ndarray):
     method = sorted(ctx.canonical)[0]
     rows = ctx.canonical[method]
     by_id = dict(zip(ctx.members.rows["model_id"], labels, strict=True))
-    lab = np.array([by_id.get(p, "other") for p in rows["parent_id"]])
+    lab = np.array([by_id.get(p, "parent not selected") for p in rows["parent_id"]])
     return store.read_params(rows), lab, method
 
 
@@ -110,7 +110,7 @@ def weights_pca_tsne(raw, labels, canon=None, canon_labels=None, method=None):
 
     sets = [("raw weights", raw, labels)]
     if canon is not None and len(canon) >= 2:
-        sets.append((f"after canonicalisation ({method})", canon, canon_labels))
+        sets.append((f"weights after canonicalisation ({method})", canon, canon_labels))
     fig, axes = plt.subplots(2, len(sets), figsize=(6 * len(sets), 10), squeeze=False)
     for col, (name, x, lab) in enumerate(sets):
         if len(x) < 2:

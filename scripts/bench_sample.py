@@ -29,6 +29,7 @@ import torch
 from bnnctl import ArchSpec, load_dataset
 from bnnctl.posterior import LogPosterior
 from bnnctl.samplers import SamplerConfig, build
+from roofline import sgemm_gflops  # scripts/roofline.py
 
 
 def flops_per_eval(arch: ArchSpec, points: int) -> float:
@@ -90,13 +91,6 @@ def plain_rate(arch: ArchSpec, ds, method: str, chains: int, updates: int, leapf
     return evals / (time.perf_counter() - t0)
 
 
-def sgemm_gflops(size: int, reps: int) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:

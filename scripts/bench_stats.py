@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from bnnctl import ArchSpec, Store, load_dataset, models, stats
+from roofline import sgemm_gflops  # scripts/roofline.py
 
 
 def fill(path: Path, n: int, arch: ArchSpec) -> Store:
@@ -41,13 +42,6 @@ def fill(path: Path, n: int, arch: ArchSpec) -> Store:
     return st
 
 
-def sgemm_gflops() -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    t0 = time.perf_counter()
-    for _ in range(5):
-        a @ b
-    return 5 * 2 * 2048**3 / (time.perf_counter() - t0) / 1e9
 
 
 def loop_rate(st: Store, arch: ArchSpec, x: np.ndarray, n: int) -> float:
@@ -85,7 +79,7 @@ def main() -> None:
         data = st.load_data(st.manifest()["data"].iloc[0])
         loop = loop_rate(st, arch, data.x_test, min(n, 64))
     flops = 2 * n * ev["n_test"] * sum(a * b for a, b in zip(arch.widths, arch.widths[1:], strict=False))
-    peak = sgemm_gflops()
+    peak = sgemm_gflops(2048, 5)
     out = {
         "models": n, "arch": arch.name, "n_test": ev["n_test"], "pairs": rep["ensemble"]["diversity"]["n_pairs"],
         "fill_s": fill_s, "stats_total_s": total, "eval_s": ev["seconds"], "eval_models_per_s": ev["models_per_s"],

@@ -24,6 +24,7 @@ import torch
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
 from bnnctl.train import Population, train_models
+from roofline import sgemm_gflops  # scripts/roofline.py
 
 
 def flops_per_model_epoch(arch: ArchSpec, n: int) -> float:
@@ -58,13 +59,6 @@ def plain_loop(arch: ArchSpec, cfg: TrainConfig, ds, n_models: int) -> float:
     return n_models / (time.perf_counter() - t0)
 
 
-def sgemm_gflops(size: int, reps: int) -> float:
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    torch.mm(a, b)
-    t0 = time.perf_counter()
-    for _ in range(reps):
-        torch.mm(a, b)
-    return 2 * size**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 def main() -> None:
