@@ -38,6 +38,8 @@ from bnnctl.likelihood import for_task
 from bnnctl.metrics import evaluate
 from bnnctl.store import Store
 from bnnctl.symmetry import (
+    MODE_RTOL,
+    count_modes,
     Transform,
     canonicalize as canon_form,
     l2_mass,
@@ -60,9 +62,6 @@ MATH_THREADS = 1
 CHECK_THREADS: int | None = None
 #: Models per call of the symmetry math: small enough that a block's weights stay in cache.
 MATH_BLOCK = 32
-#: Canonical weight vectors a, b closer than MODE_RTOL·sqrt((‖a‖²+‖b‖²)/2) are one mode
-#: (single linkage), as in ``bnnctl stats``.
-MODE_RTOL = 0.05
 #: Columns copied from the source row (lineage, data, training config, sampler state).
 INHERITED = (
     "seed",
@@ -480,26 +479,3 @@ def _stat(fn, a: np.ndarray) -> float | None:
     return float(fn(a)) if len(a) and np.isfinite(a).all() else None
 
 
-def count_modes(params: np.ndarray, rtol: float = MODE_RTOL, chunk: int = 512) -> int:
-    """Single-linkage clusters: connected components of the graph linking ``a`` and ``b``
-    when ``‖a − b‖ ≤ rtol·sqrt((‖a‖² + ‖b‖²)/2)`` (the definition ``bnnctl stats`` uses).
-    Distances in float32 (relative error ~1e-7 of ‖a‖², far below rtol²)."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    x = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))
-    n = len(x)
-    if n <= 1:
-        return n
-    sq = torch.linalg.vector_norm(x, dim=1).double() ** 2
-    rows, cols = [], []
-    for i in range(0, n, chunk):  # pairs (a, b) with a in the chunk and b not before it
-        d2 = torch.cdist(x[i : i + chunk], x[i:]).double().pow(2)
-        r, c = torch.nonzero(
-            d2 <= rtol**2 * (sq[i : i + chunk, None] + sq[None, i:]) / 2, as_tuple=True
-        )
-        rows.append(r.numpy() + i)
-        cols.append(c.numpy() + i)
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
-    return int(connected_components(graph, directed=False)[0])

@@ -56,13 +56,13 @@ from bnnctl.errors import DataError, UsageError
 from bnnctl.likelihood import Categorical
 from bnnctl.metrics import classification
 from bnnctl.store import Store
+from bnnctl.symmetry import MODE_RTOL, count_modes
 from bnnctl.train import outputs
 
 FORMAT = "bnnctl.stats/1"
 METRICS = ("acc", "nll", "ece", "brier", "rmse")
 BANDWIDTH_MULTIPLES = (0.25, 0.5, 1.0, 2.0, 4.0)
 MODEL_BATCH = 1024  # models per forward: one big first-layer gemm (faster than 256 here)
-MODE_TOL = 0.05
 
 #: The JSON document `bnnctl stats --format json` prints; every key is always present
 #: (null when not asked for or not applicable).
@@ -196,25 +196,6 @@ def mmd(x: np.ndarray, y: np.ndarray, multiples=BANDWIDTH_MULTIPLES, max_n: int 
 
 
 # --- modes --------------------------------------------------------------------------------
-
-
-def count_modes(x: np.ndarray, tol: float = MODE_TOL) -> int:
-    """Connected components of the graph 'a ~ b iff ‖a−b‖₂ ≤ tol·sqrt((‖a‖²+‖b‖²)/2)'."""
-    from scipy.sparse import csr_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    t = torch.from_numpy(np.asarray(x, dtype=np.float64))
-    sq = (t * t).sum(1)
-    edges = []
-    for s in range(0, len(t), 1024):
-        d2 = torch.cdist(t[s : s + 1024], t).pow(2)
-        close = d2 <= tol * tol * (sq[s : s + 1024, None] + sq[None, :]) / 2
-        r, c = torch.nonzero(close, as_tuple=True)
-        edges.append((r.numpy() + s, c.numpy()))
-    r = np.concatenate([e[0] for e in edges])
-    c = np.concatenate([e[1] for e in edges])
-    graph = csr_matrix((np.ones(len(r)), (r, c)), shape=(len(t), len(t)))
-    return int(connected_components(graph, directed=False)[0])
 
 
 # --- OOD --------------------------------------------------------------------------------
@@ -416,7 +397,7 @@ def split_canonical(man: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame
     return raw, {str(k): g for k, g in canon.groupby("method", sort=True)}
 
 
-def modes_report(store: Store, rows: pd.DataFrame, tol: float = MODE_TOL) -> dict | None:
+def modes_report(store: Store, rows: pd.DataFrame, tol: float = MODE_RTOL) -> dict | None:
     """Distinct modes before/after canonicalisation and the L2-mass excess; None when the
     store holds no canonical rows for the selection."""
     raw, canon = split_canonical(store.manifest(), rows)
@@ -505,7 +486,7 @@ def compute(
     seed: int = 0,
     plot: bool = False,
     max_n_mmd: int = 256,
-    mode_tol: float = MODE_TOL,
+    mode_tol: float = MODE_RTOL,
 ) -> tuple[dict, Context]:
     """The stats report of the rows ``where`` selects (see :data:`JSON_SHAPE`)."""
     from bnnctl.cli.common import select

@@ -17,6 +17,7 @@ and a crash at any moment leaves at most an orphan array that no manifest names.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -304,10 +305,8 @@ class Store:
 
     def remove_state(self, path: str) -> None:
         """Delete ``state/<path>`` if present."""
-        try:
+        with contextlib.suppress(KeyError):
             del self.group[f"state/{path}"]
-        except KeyError:
-            pass
 
     # --- verify --------------------------------------------------------------------
 

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 
 import bnnctl.canonicalize as engine
 from bnnctl import ArchSpec, Store, TrainConfig, train
-from bnnctl.canonicalize import canonicalize, count_modes
+from bnnctl.canonicalize import canonicalize
+from bnnctl.symmetry import count_modes
 from bnnctl.cli.common import app
 from bnnctl.errors import CheckError
 from tests.test_symmetry import nn_outputs

@@ -167,9 +167,9 @@ def test_count_modes_with_tolerance():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 20)) * 5
     x = np.concatenate([c + 1e-4 * rng.normal(size=(4, 20)) for c in centres])
-    assert stats.count_modes(x, tol=0.01) == 3
-    assert stats.count_modes(x, tol=1e-9) == 12
-    assert stats.count_modes(x, tol=10.0) == 1
+    assert stats.count_modes(x, rtol=0.01) == 3
+    assert stats.count_modes(x, rtol=1e-9) == 12
+    assert stats.count_modes(x, rtol=10.0) == 1
 
 
 def test_detection_metrics_hand_case():

@@ -118,10 +118,8 @@ def test_unwritable_store_path(tmp_path):
     try:
         import os
 
-        if os.access(ro, os.W_OK):  # root ignores permissions: use an impossible path instead
-            target = "/proc/bnnctl-test.zarr"
-        else:
-            target = str(ro / "s.zarr")
+        # root ignores permissions: then use a path no one can create
+        target = "/proc/bnnctl-test.zarr" if os.access(ro, os.W_OK) else str(ro / "s.zarr")
         with pytest.raises(StoreError, match="cannot"):
             Store.open(target, create=True)
     finally:
