@@ -55,7 +55,7 @@ from bnnctl.data import Dataset
 from bnnctl.errors import DataError, UsageError
 from bnnctl.likelihood import Categorical
 from bnnctl.metrics import classification
-from bnnctl.store import Store
+from bnnctl.store import Store, select
 from bnnctl.symmetry import MODE_RTOL, count_modes
 from bnnctl.train import outputs
 
@@ -440,8 +440,6 @@ def compare(store: Store, where_a: str, where_b: str, seed: int = 0, max_n: int 
             pool: Members | None = None) -> dict:
     """Agreement and TV of the two BMA predictives; weight-space MMD² before and after
     canonicalisation (per canonicalisation method present for both sides)."""
-    from bnnctl.cli.common import select
-
     man = store.manifest()
     sel = [select(man, w) for w in (where_a, where_b)]
     for w, s in zip((where_a, where_b), sel, strict=True):
@@ -489,8 +487,6 @@ def compute(
     mode_tol: float = MODE_RTOL,
 ) -> tuple[dict, Context]:
     """The stats report of the rows ``where`` selects (see :data:`JSON_SHAPE`)."""
-    from bnnctl.cli.common import select
-
     if pairs < 1:
         raise UsageError(f"--pairs must be at least 1, got {pairs}")
     rows = select(store.manifest(), where)

@@ -35,7 +35,7 @@ import zarr
 from bnnctl import FORMAT_VERSION, __version__
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
-from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError
+from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError, UsageError
 from bnnctl.schema import ARROW_SCHEMA, NAMES, json_schema
 
 DTYPES = ("float32", "float16")
@@ -60,6 +60,19 @@ class Problem:
     model_id: str | None
     where: str
     message: str
+
+
+def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
+    """Rows of the manifest matching a pandas query expression."""
+    if not where:
+        return df
+    try:
+        out = df.query(where, engine="python")
+    except Exception as e:  # pandas raises many types for a bad expression
+        raise UsageError(f"bad --where expression {where!r}: {type(e).__name__}: {e}") from None
+    if not isinstance(out, pd.DataFrame):
+        raise UsageError(f"--where {where!r} is not a row filter")
+    return out
 
 
 def _is_url(url: str) -> bool:

@@ -25,6 +25,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bnnctl.errors import BnnctlError, UsageError
+from bnnctl.store import select  # noqa: F401  (re-exported for the command modules)
 
 app = typer.Typer(
     name="bnnctl",
@@ -136,19 +137,6 @@ def read_ids(ids: str) -> list[str]:
     out = [t for t in text.split() if t]
     if not out:
         raise UsageError("no model ids given")
-    return out
-
-
-def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
-    """Rows of the manifest matching a pandas query expression."""
-    if not where:
-        return df
-    try:
-        out = df.query(where, engine="python")
-    except Exception as e:  # pandas raises many types for a bad expression
-        raise UsageError(f"bad --where expression {where!r}: {type(e).__name__}: {e}") from None
-    if not isinstance(out, pd.DataFrame):
-        raise UsageError(f"--where {where!r} is not a row filter")
     return out
 
 
