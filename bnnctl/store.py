@@ -321,6 +321,17 @@ class Store:
         with contextlib.suppress(KeyError):
             del self.group[f"state/{path}"]
 
+    def orphan_arrays(self) -> list[str]:
+        """Params arrays no manifest row names: leftovers of interrupted runs, which the
+        same command reuses when re-run. Harmless to readers; listed by ``verify``."""
+        try:
+            members = self.group["params"].members(max_depth=None)
+        except KeyError:
+            return []
+        named = set(self.manifest()["array"])
+        paths = (f"params/{k}" for k, v in members if isinstance(v, zarr.Array))
+        return sorted(p for p in paths if p not in named)
+
     # --- verify --------------------------------------------------------------------
 
     def verify(self) -> list[Problem]:

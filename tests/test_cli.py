@@ -168,4 +168,6 @@ def test_kill_9_then_rerun_gives_exactly_the_requested_rows(tmp_path, kill_after
     assert r.returncode == 0, r.stderr
     df = Store.open(s).manifest()
     assert sorted(df["seed"]) == list(range(8)) and df["model_id"].is_unique
-    assert bnnctl("verify", "--store", str(s)).returncode == 0
+    v = bnnctl("verify", "--store", str(s))
+    assert v.returncode == 0 and "ok: 8 checkpoints" in v.stderr
+    assert Store.open(s).orphan_arrays() == []  # the re-run reused what the kill left

@@ -154,3 +154,16 @@ def test_committed_blocks_are_never_overwritten(store_copy):
     with pytest.raises(StoreError, match="refusing to overwrite"):
         store.commit_block(rec["array"], np.zeros((1, arch.n_params)), "float32", arch, [], "x")
     assert store.verify() == []
+
+
+def test_orphan_arrays_are_listed_but_are_not_problems(store_copy):
+    from typer.testing import CliRunner
+
+    from bnnctl.cli.common import app
+
+    store = Store.open(store_copy)
+    store.group.create_array("params/digits/s999998-999999", shape=(2, 3), dtype="float32")
+    assert store.orphan_arrays() == ["params/digits/s999998-999999"]
+    assert store.verify() == []
+    r = CliRunner().invoke(app, ["verify", "--store", str(store_copy)])
+    assert r.exit_code == 0 and "params/digits/s999998-999999 is named by no manifest row" in r.output

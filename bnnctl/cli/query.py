@@ -64,11 +64,16 @@ def verify_cmd(store: StoreOpt = DEFAULT_STORE, quiet: QuietOpt = False) -> None
     """Re-hash every checkpoint the manifest names and check manifest, arrays and schema.
 
     Prints one line per problem (model id, where, what) and exits 1 if there is any.
+    Arrays that no manifest row names (leftovers of interrupted runs) are listed on stderr
+    but are not problems.
 
     Example: bnnctl verify --store runs.zarr
     """
     st = Store.open(store)
     problems = st.verify()
+    if not problems:
+        for path in st.orphan_arrays():
+            log(quiet, f"note: {path} is named by no manifest row (left by an interrupted run)")
     for p in problems:
         typer.echo(f"{p.model_id or '-'}\t{p.where}\t{p.message}")
     if problems:
