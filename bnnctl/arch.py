@@ -153,17 +153,15 @@ class ArchSpec:
     def slices(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
         return {t.name: (t.offset, t.offset + t.size, t.shape) for t in self.layout}
 
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{name: [M, *shape] view}`` into a contiguous model-major ``[M, P]`` tensor."""
+        m = flat.shape[0]
+        return {t.name: flat[:, t.offset : t.offset + t.size].view(m, *t.shape) for t in self.layout}
+
     def unflatten(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Views ``(W [M,out,in], b [M,out])`` per layer into a contiguous ``[M, P]`` tensor."""
-        m = flat.shape[0]
-        lay = self.layout
-        return [
-            (
-                flat[:, w.offset : w.offset + w.size].view(m, *w.shape),
-                flat[:, b.offset : b.offset + b.size],
-            )
-            for w, b in zip(lay[0::2], lay[1::2], strict=True)
-        ]
+        v = list(self.views(flat).values())
+        return list(zip(v[0::2], v[1::2], strict=True))
 
     def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """One model's ``[P]`` row as a PyTorch state_dict (copies)."""

@@ -327,8 +327,7 @@ def import_folder(
 
 
 def _check_population(store: Store, name: str, config: str, arch: ArchSpec, ds: Dataset, dtype: str) -> None:
-    man = store.manifest()
-    mine = man[man["population"] == name]
+    mine = store.population(name)
     if mine.empty or (mine["config_sha256"] == config).all():
         return
     r = mine.iloc[0]

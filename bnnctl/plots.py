@@ -21,11 +21,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import torch  # noqa: E402
 
 from bnnctl.arch import ArchSpec  # noqa: E402
 from bnnctl.errors import UsageError  # noqa: E402
 from bnnctl.stats import Context  # noqa: E402
 from bnnctl.store import Store  # noqa: E402
+from bnnctl.symmetry import canonicalize, make_transform  # noqa: E402
 
 TSNE_MAX = 800
 
@@ -203,20 +205,15 @@ def excess_mass(excess: np.ndarray):
 
 
 def scale_sort_221(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """2-2-1 ReLU rows [n, 9] -> (scale-removed, scale-removed and sorted) copies. Each
-    hidden unit gets λ = sqrt(|v_u| / ‖(w_u, b_u)‖) (incoming ×λ, outgoing ×1/λ: the L2
-    minimum over its scaling); then units are sorted by their first incoming weight."""
-    p = np.asarray(params, dtype=np.float64).copy()
-    w, b, v = p[:, 0:4].reshape(-1, 2, 2), p[:, 4:6], p[:, 6:8]
-    norm_in = np.sqrt((w**2).sum(-1) + b**2)
-    lam = np.sqrt(np.abs(v) / np.where(norm_in > 0, norm_in, 1.0))
-    lam = np.where((norm_in > 0) & (np.abs(v) > 0), lam, 1.0)
-    w, b, v = w * lam[..., None], b * lam, v / lam
-    scaled = np.concatenate([w.reshape(-1, 4), b, v, p[:, 8:9]], 1)
-    order = np.argsort(w[:, :, 0], axis=1, kind="stable")
-    ws = np.take_along_axis(w, order[..., None], 1)
-    bs, vs = np.take_along_axis(b, order, 1), np.take_along_axis(v, order, 1)
-    return scaled, np.concatenate([ws.reshape(-1, 4), bs, vs, p[:, 8:9]], 1)
+    """2-2-1 ReLU rows [n, 9] -> (scale-removed, scale-removed and sorted) copies, by the
+    same transforms as ``bnnctl canonicalize``: the minimum-L2-mass scaling (biases not
+    counted), then units sorted by their first incoming weight (key ``weight0``, as in
+    the paper's figure)."""
+    arch = ArchSpec((2, 2, 1))
+    flat = torch.from_numpy(np.asarray(params, dtype=np.float64))
+    scaled = canonicalize(arch, flat, make_transform(arch, ["scale"])).params
+    sorted_ = canonicalize(arch, flat, make_transform(arch, ["perm", "scale"], key="weight0")).params
+    return scaled.numpy(), sorted_.numpy()
 
 
 def fig1_221(params: np.ndarray):

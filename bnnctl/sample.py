@@ -173,8 +173,7 @@ def _resolve_start(store: Store, start: pd.DataFrame, chains: int | None):
 
 def check_population(store: Store, plan: Plan) -> list[int]:
     """Indices of the population's committed segments; refuses another configuration."""
-    man = store.manifest()
-    mine = man[man["population"] == plan.population]
+    mine = store.population(plan.population)
     other = mine[(mine["config_sha256"] != plan.sha256) | (mine["kind"] != "sample")]
     if not other.empty:
         row = other.iloc[0]

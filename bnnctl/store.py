@@ -168,6 +168,11 @@ class Store:
             self._manifest = table.to_pandas(types_mapper=INT_TYPES.get)
         return self._manifest
 
+    def population(self, name: str) -> pd.DataFrame:
+        """The committed rows of population ``name`` (empty when it does not exist yet)."""
+        man = self.manifest()
+        return man[man["population"] == name]
+
     def commit_block(
         self,
         array_path: str,

@@ -178,16 +178,10 @@ def mass_tensors(arch: ArchSpec) -> list[str]:
     return [t.name for t in arch.layout if len(t.shape) == 2]
 
 
-def views(arch: ArchSpec, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``{name: [M, *shape] view}`` into a contiguous model-major ``[M, P]`` tensor."""
-    m = flat.shape[0]
-    return {t.name: flat[:, t.offset : t.offset + t.size].view(m, *t.shape) for t in arch.layout}
-
-
 def l2_mass(arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
     """``[M]`` sum of squared weights (biases not counted), as float64 (summed in the
     input's precision: torch's cascade summation keeps float32 to ~1e-7)."""
-    v = views(arch, flat)
+    v = arch.views(flat)
     return sum(torch.linalg.vector_norm(v[n], dim=(1, 2)).double() ** 2 for n in mass_tensors(arch))
 
 
@@ -310,7 +304,7 @@ def l2_log_scales(
     number of sweeps. Each sweep sets every layer in turn to its exact optimum given
     the others, ``s_j = ¼ log(OUT_j / IN_j)``; units with no incoming or no outgoing
     weight mass (no unique optimum) keep scale 1. Raises CheckError if not converged."""
-    v = views(arch, flat)
+    v = arch.views(flat)
     groups, roles = arch.unit_groups(), _roles(arch, v)
     s = [torch.zeros(flat.shape[0], g.size, dtype=flat.dtype) for g in groups]
     for sweep in range(1, max_sweeps + 1):
@@ -330,7 +324,7 @@ def l2_log_scales(
 def balance(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
     """Per hidden layer ``[M, n]``: log(incoming / outgoing counted mass) of each unit;
     zero at the L2 optimum (the gradient of the mass in log-scales is 2·(in − out))."""
-    v, counted = views(arch, flat), set(mass_tensors(arch))
+    v, counted = arch.views(flat), set(mass_tensors(arch))
     return [
         (unit_mass(v, g, "in", counted).log() - unit_mass(v, g, "out", counted).log())
         for g in arch.unit_groups()
@@ -342,7 +336,7 @@ def scale_l2_(
 ) -> tuple[list[torch.Tensor], int]:
     """Move ``flat`` in place to the minimum-L2-mass point of its scaling orbit."""
     s, sweeps = l2_log_scales(arch, flat, tol)
-    v = views(arch, flat)
+    v = arch.views(flat)
     for g, sg in zip(arch.unit_groups(), s, strict=True):
         scale_(v, g, sg)
     return s, sweeps
@@ -351,7 +345,7 @@ def scale_l2_(
 def scale_unitnorm_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
     """Scale each unit's incoming weight vector to L2 norm 1, layer by layer from the
     input (so each layer sees its inputs already normalised). Zero vectors stay."""
-    v, counted, out = views(arch, flat), set(mass_tensors(arch)), []
+    v, counted, out = arch.views(flat), set(mass_tensors(arch)), []
     for g in arch.unit_groups():
         norm = unit_mass(v, g, "in", counted).sqrt()
         s = torch.where(norm > 0, -norm.log(), torch.zeros_like(norm))
@@ -365,7 +359,7 @@ def scale_unitnorm_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
 
 def signs_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
     """Flip units (odd activations) so that Σ_i W[j,i] + b_j ≥ 0, layer by layer."""
-    v, out = views(arch, flat), []
+    v, out = arch.views(flat), []
     for g in arch.unit_groups():
         total = sum(_reduce_except(v[n], a, "sum") for n, a in g.incoming)
         sign = torch.where(total < 0, -1.0, 1.0).to(flat.dtype)
@@ -449,7 +443,7 @@ def sort_(
     """Sort each hidden layer's units in place, layer by layer from the input (each
     layer's permutation is applied to the next layer's inputs before its keys are
     taken). Returns the permutations and the near-tie count per model."""
-    v, counted = views(arch, flat), set(mass_tensors(arch))
+    v, counted = arch.views(flat), set(mass_tensors(arch))
     perms, ties = [], torch.zeros(flat.shape[0], dtype=torch.int64)
     for g in arch.unit_groups():
         primary, tie = unit_keys(v, g, key, counted)
@@ -511,8 +505,8 @@ def weight_match(
 
     x = flat.to(torch.float64, copy=True).contiguous()
     m, groups = x.shape[0], arch.unit_groups()
-    v = views(arch, x)
-    rv = views(arch, ref.to(torch.float64).reshape(1, -1).contiguous())
+    v = arch.views(x)
+    rv = arch.views(ref.to(torch.float64).reshape(1, -1).contiguous())
     total = [torch.arange(g.size).expand(m, -1).clone() for g in groups]
     for sweep in range(0, max_iter + 1):
         changed = False

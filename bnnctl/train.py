@@ -250,8 +250,7 @@ class TrainResult:
 
 def plan(store: Store, pop: Population, seeds: Iterable[int]) -> list[int]:
     """The requested seeds not yet committed; refuses a population of another config."""
-    man = store.manifest()
-    mine = man[man["population"] == pop.name]
+    mine = store.population(pop.name)
     if not mine.empty:
         other = mine[mine["config_sha256"] != pop.sha256]
         if not other.empty:

@@ -31,7 +31,6 @@ from bnnctl.symmetry import (
     canonicalize,
     l2_mass,
     make_transform,
-    views,
 )
 
 
@@ -137,7 +136,7 @@ def stability(arch: ArchSpec, flat: torch.Tensor, eps: float, trials: int, seed:
         moved = []
         for _ in range(trials):
             noisy = flat.double().clone()
-            for v in views(arch, noisy).values():
+            for v in arch.views(noisy).values():
                 v.add_(
                     torch.randn(v.shape, generator=g, dtype=v.dtype) * eps * v.pow(2).mean().sqrt()
                 )

@@ -25,7 +25,6 @@ from bnnctl.symmetry import (
     permute_,
     scale_,
     sort_order,
-    views,
     weight_match,
 )
 
@@ -74,7 +73,7 @@ def networks(draw, activations=tuple(ACTIVATIONS)):
 def random_symmetry(arch: ArchSpec, flat: torch.Tensor, gen: torch.Generator, syms) -> torch.Tensor:
     """g·θ for a random g of the arch's group (permutations, scales in e^±1.5, signs)."""
     out = flat.clone()
-    v, m = views(arch, out), flat.shape[0]
+    v, m = arch.views(out), flat.shape[0]
     for g in arch.unit_groups():
         if "scale" in syms:
             scale_(v, g, (torch.rand(m, g.size, generator=gen, dtype=flat.dtype) * 3 - 1.5))
@@ -162,7 +161,7 @@ def test_l2_scaling_is_the_optimum(net):
 
 def random_symmetry_scales(arch, flat, gen, size):
     out = flat.clone()
-    v = views(arch, out)
+    v = arch.views(out)
     for g in arch.unit_groups():
         scale_(v, g, torch.randn(flat.shape[0], g.size, generator=gen, dtype=flat.dtype) * size)
     return out
@@ -234,7 +233,7 @@ def test_weight_match_recovers_a_known_permutation():
     # the returned permutations take the input to the aligned weights
     back = moved.clone()
     for g, p in zip(arch.unit_groups(), perms, strict=True):
-        permute_(views(arch, back), g, p)
+        permute_(arch.views(back), g, p)
     assert torch.equal(back, aligned)
     assert weight_match(arch, aligned, ref[0])[2] == 1  # a fixed point: one idle sweep
 
