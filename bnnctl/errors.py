@@ -1,5 +1,15 @@
 """One error family. The CLI turns any of these into one line on stderr and a non-zero exit;
-anything else reaching the CLI is a bug and surfaces as one."""
+anything else reaching the CLI is a bug and surfaces as one.
+
+Each class is also the matching built-in error (a :class:`StoreNotFoundError` is a
+``FileNotFoundError``), so library users can catch either. Errors about one argument
+name it as the library spells it (``batch_size``) and carry it as ``param``; the CLI
+shows the flag instead (``--batch-size``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class BnnctlError(Exception):
@@ -7,11 +17,20 @@ class BnnctlError(Exception):
 
     exit_code = 1
 
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
 
 class UsageError(BnnctlError, ValueError):
-    """The user asked for something invalid (bad flag value, unknown name)."""
+    """The user asked for something invalid (bad argument value, unknown name)."""
 
     exit_code = 2
+
+    @classmethod
+    def choice(cls, param: str, value: object, allowed: Iterable[str]) -> UsageError:
+        """``param`` is not one of ``allowed``."""
+        return cls(f"unknown {param} {value!r}; choose from {', '.join(allowed)}", param)
 
 
 class DataError(BnnctlError, ValueError):

@@ -1,6 +1,6 @@
 """Benchmark `bnnctl canonicalize`: perm + scale + function check, models/s.
 
-Compares, in one run, the vectorised engine (bnnctl.canonicalize.transform_block on
+Compares, in one run, the vectorised engine (bnnctl.engines.canonicalize.transform_block on
 blocks of stacked models) with a plain per-model Python/numpy implementation of the
 same canonical form (checked to agree), on random default MLPs (mlp:64-128-128-10,
 nn.Linear-style uniform weights) and the digits test set (360 points). Store I/O is
@@ -21,17 +21,11 @@ import numpy as np
 import torch
 
 from bnnctl import ArchSpec, TrainConfig, load_dataset
-import bnnctl.canonicalize as engine
-from bnnctl.canonicalize import transform_block
-from bnnctl.symmetry import (
-    KEYS,
-    PC_SQUARINGS,
-    PC_STEPS,
-    SCALE_TOL,
-    canonicalize,
-    l2_mass,
-    make_transform,
-)
+import bnnctl.engines.canonicalize as engine
+from bnnctl.engines.canonicalize import transform_block
+from bnnctl.symmetry.action import l2_mass
+from bnnctl.symmetry.canonical import canonicalize
+from bnnctl.symmetry.transform import KEYS, PC_SQUARINGS, PC_STEPS, SCALE_TOL, make_transform
 
 
 def random_models(arch: ArchSpec, n: int, seed: int = 0) -> torch.Tensor:
@@ -266,7 +260,7 @@ def main() -> None:
 
 
 def quick_trained(arch: ArchSpec, ds, n: int, cfg: TrainConfig) -> torch.Tensor:
-    from bnnctl.train import Population, train_models
+    from bnnctl.engines.train import Population, train_models
 
     return train_models(Population("bench", arch, cfg, ds), list(range(n)))[0]
 

@@ -27,7 +27,7 @@ import time
 import torch
 
 from bnnctl import ArchSpec, load_dataset
-from bnnctl.posterior import LogPosterior
+from bnnctl.samplers.posterior import LogPosterior
 from bnnctl.samplers import SamplerConfig, build
 from roofline import sgemm_gflops  # scripts/roofline.py
 

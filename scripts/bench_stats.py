@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bnnctl import ArchSpec, Store, load_dataset, models, stats
+from bnnctl import ArchSpec, Store, load_dataset
+from bnnctl.arch import modules as models
+from bnnctl.stats.report import compute
 from roofline import sgemm_gflops  # scripts/roofline.py
 
 
@@ -72,7 +74,7 @@ def main() -> None:
         fill_s = time.perf_counter() - t0
         st = Store.open(st.url)
         t0 = time.perf_counter()
-        rep, _ = stats.compute(st, ensemble=True, pairs=args.pairs,
+        rep, _ = compute(st, ensemble=True, pairs=args.pairs,
                                compare_exprs=(f"seed < {n // 2}", f"seed >= {n // 2}"))
         total = time.perf_counter() - t0
         ev = rep["evaluation"]

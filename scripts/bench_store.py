@@ -21,7 +21,7 @@ import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
 from bnnctl import ArchSpec, TrainConfig, load_dataset
-from bnnctl.train import Population, train_models
+from bnnctl.engines.train import Population, train_models
 
 CODECS = {
     "none": None,

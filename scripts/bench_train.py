@@ -2,7 +2,7 @@
 64-128-128-10, Adam 1e-3, batch 128, 50 epochs):
 
   (a) a plain loop: one nn.Module at a time with torch.optim.Adam(fused=True);
-  (b) bnnctl's trainer: `bnnctl.train` into a fresh store (blocks of stacked models,
+  (b) bnnctl's trainer: `bnnctl.engines.train` into a fresh store (blocks of stacked models,
       evaluation and crash-safe writes included);
   (c) this machine's sgemm rate (torch.mm on large square matrices).
 
@@ -23,7 +23,7 @@ import time
 import torch
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
-from bnnctl.train import Population, train_models
+from bnnctl.engines.train import Population, train_models
 from roofline import sgemm_gflops  # scripts/roofline.py
 
 

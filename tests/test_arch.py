@@ -12,7 +12,7 @@ from hypothesis import given, settings
 
 from bnnctl.arch import ACTIVATIONS, ArchSpec
 from bnnctl.errors import UsageError
-from bnnctl.likelihood import Categorical, Gaussian, two_class_logits
+from bnnctl.evaluate.likelihood import Categorical, Gaussian, two_class_logits
 
 ACT_MODULES = {
     "relu": torch.nn.ReLU,

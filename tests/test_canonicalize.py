@@ -16,10 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import bnnctl.canonicalize as engine
+import bnnctl.engines.canonicalize as engine
 from bnnctl import ArchSpec, Store, TrainConfig, train
-from bnnctl.canonicalize import canonicalize
-from bnnctl.symmetry import count_modes
+from bnnctl.engines.canonicalize import canonicalize
+from bnnctl.symmetry.modes import count_modes
 from bnnctl.cli.common import app
 from bnnctl.errors import CheckError
 from tests.test_symmetry import nn_outputs

@@ -12,7 +12,7 @@ from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 
 from bnnctl.data import load_dataset, read_idx
 from bnnctl.errors import DataError, UsageError
-from bnnctl.metrics import classification, ece
+from bnnctl.evaluate.metrics import classification, ece
 
 
 def test_builtin_datasets():

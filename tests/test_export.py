@@ -13,7 +13,8 @@ import torch
 from safetensors.torch import load_file
 from typer.testing import CliRunner
 
-from bnnctl import ArchSpec, Store, models
+from bnnctl import ArchSpec, Store
+from bnnctl.arch import modules as models
 from bnnctl.cli.common import app
 from bnnctl.errors import ConflictError, DataError, UsageError
 from bnnctl.export import export, import_folder, infer_arch

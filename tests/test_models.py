@@ -1,4 +1,4 @@
-"""bnnctl.models against PyTorch itself: the built module's state_dict names are the
+"""bnnctl.arch.modules against PyTorch itself: the built module's state_dict names are the
 layout, its forward is the batched forward, rows round-trip through state_dicts and
 plain .pt files that load with weights_only=True."""
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from bnnctl import models
+from bnnctl.arch import modules as models
 from bnnctl.arch import ACTIVATIONS, ArchSpec
 from bnnctl.errors import DataError
 

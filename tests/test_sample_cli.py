@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import bnnctl.cli  # noqa: F401  (registers the commands)
 from bnnctl import ArchSpec, Store, TrainConfig, train
 from bnnctl.cli.common import app
-from bnnctl.sample import sample
+from bnnctl.engines.sample import sample
 from bnnctl.samplers import SamplerConfig
 
 ROOT = Path(__file__).resolve().parents[1]

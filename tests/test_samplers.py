@@ -16,7 +16,7 @@ import torch
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import validate
-from bnnctl.posterior import LogPosterior, prior_var_from_weight_decay
+from bnnctl.samplers.posterior import LogPosterior, prior_var_from_weight_decay
 from bnnctl.samplers import SamplerConfig, build, load_state, save_state
 from bnnctl.samplers.laplace import diag_curvature
 from bnnctl.samplers.mc_dropout import apply_masks, masks
@@ -129,8 +129,8 @@ def test_energy_and_grad_match_autograd(regression, pieces, monkeypatch):
     """Against torch.nn + autograd; ``pieces``: data in chunks of 7 points and chains in
     groups (the paths large datasets take) give the same result."""
     if pieces:
-        monkeypatch.setattr("bnnctl.posterior.CHUNK", 7)
-        monkeypatch.setattr("bnnctl.posterior.CHAIN_POINTS", 50)
+        monkeypatch.setattr("bnnctl.samplers.posterior.CHUNK", 7)
+        monkeypatch.setattr("bnnctl.samplers.posterior.CHAIN_POINTS", 50)
     arch = ArchSpec((3, 5, 4, 2 if regression else 3), "tanh")
     rng = np.random.default_rng(1)
     x = rng.normal(size=(40, 3))

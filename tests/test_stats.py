@@ -19,7 +19,13 @@ from scipy.spatial.distance import pdist
 from sklearn.metrics.pairwise import laplacian_kernel, rbf_kernel
 from typer.testing import CliRunner
 
-from bnnctl import ArchSpec, Store, load_dataset, models, stats
+from bnnctl import ArchSpec, Store, load_dataset
+from bnnctl.arch import modules as models
+from bnnctl.stats.measures import agreement_tv, bma, bma_curve, curve_sizes, entropy, pair_indices, pairwise_diversity
+from bnnctl.stats.mmd import mmd
+from bnnctl.stats.ood import builtin_ood, detection_metrics, load_ood, ood_scores
+from bnnctl.stats.report import JSON_SHAPE, compute
+from bnnctl.symmetry.modes import count_modes
 from bnnctl.cli.common import app
 from bnnctl.errors import DataError, UsageError
 
@@ -61,23 +67,23 @@ def hand_probs():
 
 def test_entropy_matches_numpy_with_zero_log_zero():
     p, _ = hand_probs()
-    np.testing.assert_allclose(stats.entropy(torch.from_numpy(p)).numpy(), np_entropy(p), rtol=1e-12)
+    np.testing.assert_allclose(entropy(torch.from_numpy(p)).numpy(), np_entropy(p), rtol=1e-12)
 
 
 def test_bma_matches_numpy_formulas():
     p, y = hand_probs()
-    got = stats.bma(torch.from_numpy(p), torch.from_numpy(y))
+    got = bma(torch.from_numpy(p), torch.from_numpy(y))
     want = np_metrics(p.mean(0), y)
     for k in want:
         assert got[k] == pytest.approx(want[k], rel=1e-9, abs=1e-12), k
 
 
 def test_bma_curve_sizes_and_end_points():
-    assert stats.curve_sizes(1) == [1]
-    assert stats.curve_sizes(8) == [1, 2, 4, 8]
-    assert stats.curve_sizes(10) == [1, 2, 4, 8, 10]
+    assert curve_sizes(1) == [1]
+    assert curve_sizes(8) == [1, 2, 4, 8]
+    assert curve_sizes(10) == [1, 2, 4, 8, 10]
     p, y = hand_probs()
-    curve = stats.bma_curve(torch.from_numpy(p), torch.from_numpy(y), seed=3)
+    curve = bma_curve(torch.from_numpy(p), torch.from_numpy(y), seed=3)
     assert [c["members"] for c in curve] == [1, 2, 3]
     order = np.random.default_rng(3).permutation(3)  # documented member order
     for c in curve:
@@ -88,7 +94,7 @@ def test_bma_curve_sizes_and_end_points():
 
 @pytest.mark.parametrize("m,pairs", [(2, 5), (7, 21), (7, 10), (50, 300), (1000, 1000)])
 def test_pair_indices_are_distinct_valid_pairs(m, pairs):
-    i, j = stats.pair_indices(m, pairs, seed=1)
+    i, j = pair_indices(m, pairs, seed=1)
     total = m * (m - 1) // 2
     assert len(i) == min(pairs, total)
     assert ((i >= 0) & (i < j) & (j < m)).all()
@@ -99,8 +105,8 @@ def test_pair_indices_are_distinct_valid_pairs(m, pairs):
 
 def test_pairwise_mi_and_disagreement_match_double_loop():
     p, _ = hand_probs()
-    i, j = stats.pair_indices(3, 1000)
-    mi, dis = stats.pairwise_diversity(torch.from_numpy(p), i, j)
+    i, j = pair_indices(3, 1000)
+    mi, dis = pairwise_diversity(torch.from_numpy(p), i, j)
     for n, (a, b) in enumerate(zip(i, j, strict=True)):
         want_mi = np.mean([np_entropy((p[a, x] + p[b, x]) / 2) - (np_entropy(p[a, x]) + np_entropy(p[b, x])) / 2
                            for x in range(4)])
@@ -108,14 +114,14 @@ def test_pairwise_mi_and_disagreement_match_double_loop():
         assert mi[n] == pytest.approx(want_mi, rel=1e-9)
         assert dis[n] == pytest.approx(want_dis)
     same = torch.from_numpy(np.stack([p[0], p[0]]))
-    mi0, dis0 = stats.pairwise_diversity(same, np.array([0]), np.array([1]))
+    mi0, dis0 = pairwise_diversity(same, np.array([0]), np.array([1]))
     assert mi0[0] == pytest.approx(0, abs=1e-12) and dis0[0] == 0
 
 
 def test_agreement_and_total_variation_by_hand():
     pa = torch.tensor([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]], dtype=torch.float64)
     pb = torch.tensor([[0.6, 0.4], [0.7, 0.3], [0.5, 0.5]], dtype=torch.float64)
-    agree, tv = stats.agreement_tv(pa, pb)
+    agree, tv = agreement_tv(pa, pb)
     assert agree == pytest.approx(2 / 3)  # argmax ties resolve to the first class
     assert tv == pytest.approx(0.5 * (0.6 + 0.6 + 0.0) / 3)
 
@@ -132,7 +138,7 @@ def brute_mmd2(x, y, kern):
 def test_mmd_matches_brute_force_with_sklearn_kernels():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(9, 4)), rng.normal(0.5, 1.2, size=(7, 4))
-    out = stats.mmd(x, y, multiples=(0.5, 1.0, 2.0))
+    out = mmd(x, y, multiples=(0.5, 1.0, 2.0))
     z = np.concatenate([x, y])
     med2, med1 = np.median(pdist(z)), np.median(pdist(z, "cityblock"))
     assert out["median_l2"] == pytest.approx(med2) and out["median_l1"] == pytest.approx(med1)
@@ -147,19 +153,19 @@ def test_mmd_matches_brute_force_with_sklearn_kernels():
 def test_mmd_near_zero_for_same_distribution_positive_for_shifted():
     rng = np.random.default_rng(1)
     x, y, shifted = rng.normal(size=(200, 5)), rng.normal(size=(200, 5)), rng.normal(1.0, 1, size=(200, 5))
-    same, diff = stats.mmd(x, y), stats.mmd(x, shifted)
+    same, diff = mmd(x, y), mmd(x, shifted)
     for kern in ("gaussian", "laplace"):
         for s, d in zip(same[kern], diff[kern], strict=True):
             if s["multiple"] >= 0.5:
                 assert abs(s["mmd2"]) < 0.02, (kern, s)
                 assert d["mmd2"] > 5 * abs(s["mmd2"]) and d["mmd2"] > 0.02, (kern, d)
     with pytest.raises(UsageError, match="two models"):
-        stats.mmd(x[:1], y)
+        mmd(x[:1], y)
 
 
 def test_mmd_subsamples_to_max_n():
     rng = np.random.default_rng(2)
-    out = stats.mmd(rng.normal(size=(50, 3)), rng.normal(size=(30, 3)), max_n=20)
+    out = mmd(rng.normal(size=(50, 3)), rng.normal(size=(30, 3)), max_n=20)
     assert (out["n_a"], out["n_b"]) == (20, 20)
 
 
@@ -167,13 +173,13 @@ def test_count_modes_with_tolerance():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(3, 20)) * 5
     x = np.concatenate([c + 1e-4 * rng.normal(size=(4, 20)) for c in centres])
-    assert stats.count_modes(x, rtol=0.01) == 3
-    assert stats.count_modes(x, rtol=1e-9) == 12
-    assert stats.count_modes(x, rtol=10.0) == 1
+    assert count_modes(x, rtol=0.01) == 3
+    assert count_modes(x, rtol=1e-9) == 12
+    assert count_modes(x, rtol=10.0) == 1
 
 
 def test_detection_metrics_hand_case():
-    got = stats.detection_metrics(np.array([1.0, 2.0, 3.0]), np.array([2.5, 4.0]))
+    got = detection_metrics(np.array([1.0, 2.0, 3.0]), np.array([2.5, 4.0]))
     assert got["auroc"] == pytest.approx(5 / 6)  # 5 of 6 (in, out) pairs ranked right
     assert got["aupr"] == pytest.approx(0.5 * 1 + 0.5 * 2 / 3)
     assert got["fpr95"] == pytest.approx(1 / 3)  # catching both OOD points flags the 3
@@ -181,7 +187,7 @@ def test_detection_metrics_hand_case():
 
 def test_ood_scores_match_numpy():
     p, _ = hand_probs()
-    s = stats.ood_scores(torch.from_numpy(p))
+    s = ood_scores(torch.from_numpy(p))
     pbar = p.mean(0)
     np.testing.assert_allclose(s["max_prob"], -pbar.max(1))
     np.testing.assert_allclose(s["entropy"], np_entropy(pbar))
@@ -190,11 +196,11 @@ def test_ood_scores_match_numpy():
 
 
 def test_builtin_ood_inverts_digits_and_pushes_out_moons(digits):
-    x, desc = stats.builtin_ood(digits)
+    x, desc = builtin_ood(digits)
     np.testing.assert_allclose(x, 1.0 - digits.x_test, atol=1e-7)
     assert "inverted" in desc
     moons = load_dataset("moons")
-    x, desc = stats.builtin_ood(moons)
+    x, desc = builtin_ood(moons)
     mu = moons.x_train.mean(0)
     np.testing.assert_allclose(x, mu + 3 * (moons.x_test - mu), rtol=1e-5, atol=1e-5)
 
@@ -202,17 +208,17 @@ def test_builtin_ood_inverts_digits_and_pushes_out_moons(digits):
 def test_load_ood_errors(tmp_path):
     np.savez(tmp_path / "bad.npz", x=np.zeros((5, 3), np.float32))
     with pytest.raises(DataError, match="3 features but the models take 64"):
-        stats.load_ood(tmp_path / "bad.npz", 64)
+        load_ood(tmp_path / "bad.npz", 64)
     np.savez(tmp_path / "nokey.npz", y=np.zeros(3))
     with pytest.raises(DataError, match="no array named x"):
-        stats.load_ood(tmp_path / "nokey.npz", 64)
+        load_ood(tmp_path / "nokey.npz", 64)
     with pytest.raises(DataError, match="does not exist"):
-        stats.load_ood(tmp_path / "missing.npz", 64)
+        load_ood(tmp_path / "missing.npz", 64)
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(DataError, match="cannot read"):
-        stats.load_ood(tmp_path / "junk.npz", 64)
+        load_ood(tmp_path / "junk.npz", 64)
     np.savez(tmp_path / "ok.npz", x_ood=np.ones((4, 8, 8)))
-    assert stats.load_ood(tmp_path / "ok.npz", 64).shape == (4, 64)
+    assert load_ood(tmp_path / "ok.npz", 64).shape == (4, 64)
 
 
 # --- on a real store -----------------------------------------------------------------------
@@ -230,7 +236,7 @@ def module_probs(store_path, digits):
 
 
 def test_ensemble_report_matches_module_evaluation(trained_store, digits):
-    rep, ctx = stats.compute(Store.open(trained_store), ensemble=True, pairs=5)
+    rep, ctx = compute(Store.open(trained_store), ensemble=True, pairs=5)
     p = module_probs(trained_store, digits)
     want = np_metrics(p.mean(0), digits.y_test)
     for k in want:
@@ -240,14 +246,14 @@ def test_ensemble_report_matches_module_evaluation(trained_store, digits):
     assert ev["max_abs_diff_vs_manifest"]["acc"] < 1e-6 and ev["max_abs_diff_vs_manifest"]["nll"] < 1e-4
     assert rep["ensemble"]["diversity"]["n_pairs"] == 5
     assert [c["members"] for c in rep["ensemble"]["curve"]] == [1, 2, 4, 8]
-    assert set(rep) == set(stats.JSON_SHAPE)  # the documented, stable shape
+    assert set(rep) == set(JSON_SHAPE)  # the documented, stable shape
     assert set(ev) == {"arch", "dataset", "n_members", "n_test", "seconds", "models_per_s", "max_abs_diff_vs_manifest"}
     assert set(rep["ensemble"]) == {"bma", "curve", "diversity"} and set(rep["ensemble"]["bma"]) == {"acc", "nll", "ece", "brier"}
     assert set(rep["ensemble"]["diversity"]) == {"n_pairs", "mutual_information", "disagreement"}
 
 
 def test_ood_builtin_report(trained_store):
-    rep, _ = stats.compute(Store.open(trained_store), ood="builtin")
+    rep, _ = compute(Store.open(trained_store), ood="builtin")
     assert set(rep["ood"]["scores"]) == {"max_prob", "entropy", "mutual_information"}
     for s in rep["ood"]["scores"].values():
         assert 0 <= s["auroc"] <= 1 and 0 <= s["aupr"] <= 1 and 0 <= s["fpr95"] <= 1
@@ -305,27 +311,27 @@ def test_sort_units_is_function_preserving(digits):
 
 
 def test_modes_before_and_after_canonicalisation(modes_store):
-    rep, _ = stats.compute(Store.open(modes_store), where="kind == 'sample'", ensemble=True)
+    rep, _ = compute(Store.open(modes_store), where="kind == 'sample'", ensemble=True)
     modes = rep["modes"]
     assert modes["before"] == {"n_rows": 8, "n_modes": 8}
     assert modes["after"] == {"sort": {"n_rows": 8, "n_modes": 2}}
     assert modes["l2_mass_excess_pct"]["mean"] == pytest.approx(30.0)
     # canonical rows selected with their parents do not count twice in the ensemble
-    rep_all, _ = stats.compute(Store.open(modes_store), ensemble=True)
+    rep_all, _ = compute(Store.open(modes_store), ensemble=True)
     assert rep_all["n_models"] == 16 and rep_all["evaluation"]["n_members"] == 8
 
 
 def test_compare_identical_functions(modes_store):
-    rep, _ = stats.compute(Store.open(modes_store), compare_exprs=("seed in [0, 1]", "seed in [2, 3]"))
+    rep, _ = compute(Store.open(modes_store), compare_exprs=("seed in [0, 1]", "seed in [2, 3]"))
     c = rep["compare"]
     assert c["agreement"] == 1.0 and c["total_variation"] == pytest.approx(0, abs=1e-6)
     # permuted copies differ in raw weight space but coincide after sorting
     assert c["mmd"]["before"]["median_l2"] > 1
     for g in c["mmd"]["after"]["sort"]["gaussian"]:
         assert g["mmd2"] == pytest.approx(0, abs=1e-9)
-    far = stats.compute(Store.open(modes_store), compare_exprs=("seed < 4", "seed >= 4"))[0]["compare"]
+    far = compute(Store.open(modes_store), compare_exprs=("seed < 4", "seed >= 4"))[0]["compare"]
     # reusing the ensemble's evaluation gives the same comparison
-    pooled = stats.compute(Store.open(modes_store), ensemble=True, compare_exprs=("seed < 4", "seed >= 4"))[0]
+    pooled = compute(Store.open(modes_store), ensemble=True, compare_exprs=("seed < 4", "seed >= 4"))[0]
     assert pooled["compare"]["mmd"] == far["mmd"] and pooled["compare"]["agreement"] == far["agreement"]
     assert pooled["compare"]["total_variation"] == pytest.approx(far["total_variation"], abs=1e-6)
     # two point masses at distance D, σ = c·D (D is the pooled median): closed forms
@@ -386,7 +392,7 @@ def test_cli_plots(modes_store, tmp_path, digits):
 
 
 def test_scale_sort_221_preserves_function_and_sorts(digits):
-    from bnnctl.plots import scale_sort_221
+    from bnnctl.stats.plots import scale_sort_221
 
     arch = ArchSpec((2, 2, 1))
     params = np.stack([arch.init(torch.Generator().manual_seed(s)).numpy() for s in range(20)]).astype(np.float64)
@@ -402,7 +408,7 @@ def test_scale_sort_221_preserves_function_and_sorts(digits):
 
 
 def test_summary_groups_per_population(trained_store):
-    rep, _ = stats.compute(Store.open(trained_store))
+    rep, _ = compute(Store.open(trained_store))
     g = rep["summary"]["groups"]
     man = Store.open(trained_store).manifest()
     assert len(g) == 1 and g[0]["n"] == 8
@@ -431,9 +437,9 @@ def test_regression_population(tmp_path):
     ds = validate("lin", {"x_train": x[:80], "y_train": y[:80], "x_test": x[80:], "y_test": y[80:]})
     st = Store.open(tmp_path / "r.zarr", create=True)
     train(st, ds, TrainConfig(epochs=2), seeds=range(4), arch=ArchSpec((3, 8, 1)))
-    rep, ctx = stats.compute(st, ensemble=True)
+    rep, ctx = compute(st, ensemble=True)
     assert rep["evaluation"]["max_abs_diff_vs_manifest"]["rmse"] < 1e-5
     mean = ctx.members.out.double().numpy().mean(0)
     assert rep["ensemble"]["bma"]["rmse"] == pytest.approx(float(np.sqrt(((mean - y[80:]) ** 2).mean())), rel=1e-5)
     with pytest.raises(UsageError, match="classification"):
-        stats.compute(st, ood="builtin")
+        compute(st, ood="builtin")

@@ -16,7 +16,7 @@ from jsonschema import Draft202012Validator
 
 from bnnctl import FORMAT_VERSION, ArchSpec, Store
 from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError
-from bnnctl.schema import SCHEMA_FILES, render
+from bnnctl.store.schema import SCHEMA_FILES, render
 
 ROOT = Path(__file__).resolve().parents[1]
 

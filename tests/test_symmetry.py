@@ -14,19 +14,11 @@ from hypothesis import strategies as st
 
 from bnnctl.arch import ACTIVATIONS, ArchSpec
 from bnnctl.errors import UsageError
-from bnnctl.symmetry import (
-    KEYS,
-    Transform,
-    canonicalize,
-    flip_,
-    l2_mass,
-    make_transform,
-    near_ties,
-    permute_,
-    scale_,
-    sort_order,
-    weight_match,
-)
+from bnnctl.symmetry.action import flip_, l2_mass, permute_, scale_
+from bnnctl.symmetry.canonical import canonicalize
+from bnnctl.symmetry.matching import weight_match
+from bnnctl.symmetry.sorting import near_ties, sort_order
+from bnnctl.symmetry.transform import KEYS, Transform, make_transform
 
 ACTS = {
     "relu": torch.nn.ReLU,

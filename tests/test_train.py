@@ -9,7 +9,7 @@ import torch
 
 from bnnctl import ArchSpec, Store, TrainConfig, train
 from bnnctl.errors import ConflictError, UsageError
-from bnnctl.train import Population, train_models
+from bnnctl.engines.train import Population, train_models
 from tests.test_arch import build_module
 
 SMALL = ArchSpec((64, 16, 12, 10))

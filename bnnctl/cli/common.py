@@ -1,31 +1,34 @@
-"""What every command shares: the app, error handling, store and quiet options,
-progress bars on stderr and row output on stdout."""
+"""What every command shares: the app, the error boundary, options and choices defined
+once, progress on stderr and rows on stdout.
+
+Nothing here (or in any command module at import time) imports torch: commands import
+the engines they call inside their bodies, so ``bnnctl ls`` starts as fast as pandas.
+"""
 
 from __future__ import annotations
 
 import functools
-import io
 import json
 import os
+import re
 import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from enum import Enum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
-import pandas as pd
 import typer
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.table import Table
 
+from bnnctl.arch.spec import Activation
 from bnnctl.errors import BnnctlError, UsageError
-from bnnctl.store import select  # noqa: F401  (re-exported for the command modules)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from bnnctl.arch import ArchSpec
+    from bnnctl.data import Dataset
 
 app = typer.Typer(
     name="bnnctl",
@@ -41,11 +44,15 @@ app = typer.Typer(
 )
 
 err = Console(stderr=True, highlight=False)
+DEFAULT_STORE = "bnnctl.zarr"
+#: Seconds between plain progress lines when stderr is not a terminal.
+PLAIN_PROGRESS_EVERY = 10.0
 
 
 def _version(value: bool) -> None:
     if value:
-        from bnnctl import FORMAT_VERSION, __version__
+        from bnnctl.store import FORMAT_VERSION
+        from bnnctl.version import __version__
 
         typer.echo(f"bnnctl {__version__} (store format {FORMAT_VERSION})")
         raise typer.Exit()
@@ -59,6 +66,12 @@ def _root(
 ) -> None:
     """Build and query datasets of thousands of neural-network checkpoints."""
 
+
+# --- options defined once ---------------------------------------------------------------
+
+
+
+
 StoreOpt = Annotated[
     str,
     typer.Option(
@@ -68,12 +81,16 @@ StoreOpt = Annotated[
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
 WhereOpt = Annotated[
     str | None,
-    typer.Option("--where", "-w", help="pandas query over manifest columns, e.g. \"test_acc > 0.97\"."),
+    typer.Option(
+        "--where",
+        "-w",
+        help='Filter on manifest columns, e.g. "test_acc > 0.97 and seed < 100" '
+        "(a safe subset of pandas query syntax; see README).",
+    ),
 ]
-DEFAULT_STORE = "bnnctl.zarr"
+class RowFormat(str, Enum):
+    """How ``ls`` prints rows."""
 
-
-class Format(str, Enum):
     table = "table"
     csv = "csv"
     json = "json"
@@ -81,49 +98,168 @@ class Format(str, Enum):
     ids = "ids"
 
 
-FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format of rows.")]
+class ReportFormat(str, Enum):
+    """How ``canonicalize`` prints its report."""
+
+    table = "table"
+    json = "json"
 
 
-def command(*args, **kwargs):
-    """Register a command whose BnnctlErrors become one line on stderr and an exit code."""
+class StatsFormat(str, Enum):
+    """How ``stats`` prints its report (csv: section,key,value)."""
 
-    def wrap(fn):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
+FormatFlag = typer.Option("--format", "-f", help="Output format.")
+
+
+DatasetOpt = Annotated[
+    str,
+    typer.Option(
+        "--dataset", "-d", help="Built-in dataset (digits, moons), or the name for --data."
+    ),
+]
+DataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Your data: an .npz (x_train, y_train, x_test, y_test) or a folder of MNIST IDX files.",
+    ),
+]
+ArchOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--arch",
+        "-a",
+        help="MLP widths, input to output, e.g. mlp:64-128-128-10 (default: one fit for the data).",
+    ),
+]
+
+
+ActivationOpt = Annotated[Activation, typer.Option("--activation", help="Hidden activation.")]
+DropoutOpt = Annotated[
+    float, typer.Option("--dropout", help="Dropout rate after each hidden layer (for MC dropout).")
+]
+
+
+def dataset_and_arch(
+    dataset: str, data: str | None, arch: str | None, activation: str, dropout: float
+) -> tuple[Dataset, ArchSpec]:
+    """The dataset and architecture that the data options describe."""
+    from bnnctl.arch import ArchSpec
+    from bnnctl.data import load_dataset
+
+    ds = load_dataset(None if data and dataset == "digits" else dataset, data)
+    if arch:
+        return ds, ArchSpec.parse(arch, activation, dropout)
+    return ds, ArchSpec(ds.default_arch_widths(), activation, dropout)
+
+
+# --- the error boundary -----------------------------------------------------------------
+
+
+def command(name: str, flags: dict[str, str] | None = None) -> Callable:
+    """Register a command whose :class:`BnnctlError` becomes one line on stderr and an
+    exit code. An error about a library parameter names the command's flag for it
+    (``batch_size`` -> ``--batch-size``, or as ``flags`` maps it)."""
+
+    def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
-        def run(*a, **kw):
+        def run(*a: Any, **kw: Any) -> Any:
             try:
                 return fn(*a, **kw)
             except BnnctlError as e:
-                err.print(f"error: {e}", markup=False, soft_wrap=True)
+                err.print(f"error: {one_line(_with_flag(e, flags or {}))}", markup=False)
                 raise typer.Exit(e.exit_code) from None
             except BrokenPipeError:  # `| head` closed the pipe: end quietly
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
                 raise typer.Exit(0) from None
 
-        return app.command(*args, **kwargs)(run)
+        return app.command(name)(run)
 
     return wrap
 
 
-def show_progress(quiet: bool) -> bool:
-    return not quiet and err.is_terminal
+def _with_flag(e: BnnctlError, flags: dict[str, str]) -> str:
+    message = str(e)
+    if not e.param:
+        return message
+    flag = flags.get(e.param, "--" + e.param.replace("_", "-"))
+    return re.sub(rf"(?<![\w-]){re.escape(e.param)}(?![\w-])", flag, message, count=1)
 
 
-def progress_bar(quiet: bool, unit: str = "models") -> Progress:
-    """A rich progress bar on stderr (disabled when quiet or not a terminal)."""
-    return Progress(
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+# --- progress on stderr -----------------------------------------------------------------
+
+
+@contextmanager
+def progress(
+    quiet: bool, label: str, total: int | None, unit: str = "models", per_item: int = 1
+) -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)`` for ``n`` units of work (``per_item`` units make one item).
+    On a terminal: a rich bar. Otherwise (a log file, ``nohup``): a plain line about
+    every :data:`PLAIN_PROGRESS_EVERY` seconds with done/total, rate and ETA. Nothing
+    with ``quiet``."""
+    t0 = time.perf_counter()
+    state = {"units": 0, "printed": t0}
+    items_total = None if total is None else total // per_item
+
+    def status() -> tuple[int, float, str]:
+        done = state["units"] // per_item
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        rate = done / elapsed
+        eta = (
+            f", eta {_duration((items_total - done) / rate)}" if items_total and rate > 0 else ""
+        )
+        return done, rate, eta
+
+    if quiet:
+        yield lambda n: None
+        return
+    if not err.is_terminal:
+
+        def plain(n: int) -> None:
+            state["units"] += n
+            now = time.perf_counter()
+            if now - state["printed"] >= PLAIN_PROGRESS_EVERY:
+                state["printed"] = now
+                done, rate, eta = status()
+                of = f"/{items_total}" if items_total else ""
+                err.print(f"{label}: {done}{of} {unit}, {rate:.1f} {unit}/s{eta}", markup=False)
+
+        yield plain
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        TextColumn("{task.fields[done]}/{task.fields[todo]} " + unit),
-        TextColumn("{task.fields[rate]}"),
-        TaskProgressColumn(),
+        TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        console=err,
-        disable=not show_progress(quiet),
-        transient=False,
     )
+    with Progress(*columns, console=err) as bar:
+        task = bar.add_task(label, total=total, status="")
+
+        def rich_advance(n: int) -> None:
+            state["units"] += n
+            done, rate, eta = status()
+            of = f"/{items_total}" if items_total else ""
+            bar.update(task, advance=n, status=f"{done}{of} {unit}, {rate:.1f}/s{eta}")
+
+        yield rich_advance
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def log(quiet: bool, message: str) -> None:
@@ -131,35 +267,51 @@ def log(quiet: bool, message: str) -> None:
         err.print(message, markup=False, soft_wrap=True)
 
 
+# --- rows and reports on stdout ---------------------------------------------------------
+
+
 def read_ids(ids: str) -> list[str]:
     """Ids from a comma list, or from stdin when ``-`` (one per line or whitespace)."""
     text = sys.stdin.read() if ids == "-" else ids.replace(",", " ")
     out = [t for t in text.split() if t]
     if not out:
-        raise UsageError("no model ids given")
+        raise UsageError("no model ids given", "ids")
     return out
 
 
-def emit_rows(df: pd.DataFrame, fmt: Format, title: str | None = None) -> None:
-    """Write rows to stdout in the chosen format (table only renders on stdout)."""
-    if fmt is Format.ids:
+def emit_rows(df: pd.DataFrame, fmt: str, title: str | None = None) -> None:
+    """Write rows to stdout in the chosen format."""
+    if fmt == "ids":
         text = "".join(f"{m}\n" for m in df["model_id"])
-    elif fmt is Format.csv:
+    elif fmt == "csv":
         text = df.to_csv(index=False)
-    elif fmt is Format.json:
+    elif fmt == "json":
         text = json.dumps(records(df), indent=2) + "\n"
-    elif fmt is Format.jsonl:
+    elif fmt == "jsonl":
         text = "".join(json.dumps(r) + "\n" for r in records(df))
     else:
-        table = Table(title=title)
-        for c in df.columns:
-            table.add_column(c, overflow="fold")
-        for r in df.itertuples(index=False):
-            table.add_row(*(fmt_cell(v) for v in r))
-        Console(file=sys.stdout, width=None if sys.stdout.isatty() else 200).print(table)
+        print_table(list(df.columns), df.itertuples(index=False), title, width=200)
         return
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Any,
+    title: str | None = None,
+    width: int = 160,
+    right: Sequence[str] = (),
+) -> None:
+    """A rich table on stdout (``width`` columns when stdout is not a terminal)."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold", justify="right" if c in right else "left")
+    for r in rows:
+        table.add_row(*(fmt_cell(v) for v in r))
+    Console(file=sys.stdout, width=None if sys.stdout.isatty() else width).print(table)
 
 
 def records(df: pd.DataFrame) -> list[dict]:
@@ -167,15 +319,15 @@ def records(df: pd.DataFrame) -> list[dict]:
     return json.loads(df.to_json(orient="records", date_format="iso"))
 
 
-def fmt_cell(v) -> str:
-    if v is None or (isinstance(v, float) and v != v) or v is pd.NA:
+def fmt_cell(v: Any) -> str:
+    if isinstance(v, list):
+        return ", ".join(map(str, v))
+    if v is None or (isinstance(v, float) and v != v) or str(v) == "<NA>":
         return ""
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
 
 
-def dump_json(obj) -> None:
-    buf = io.StringIO()
-    json.dump(obj, buf, indent=2, default=str)
-    sys.stdout.write(buf.getvalue() + "\n")
+def dump_json(obj: Any) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from bnnctl.cli.common import DEFAULT_STORE, QuietOpt, StoreOpt, command, log, progress_bar, select
-from bnnctl.cli.train import ActivationOpt, ArchOpt, DataOpt, DatasetOpt, DropoutOpt, dataset_and_arch
-from bnnctl.errors import UsageError
-from bnnctl.sample import check_request, make_plan, run_plan
-from bnnctl.samplers import APPROXIMATIONS, METHODS, SamplerConfig
-from bnnctl.store import Store
-from bnnctl.train import check_arch
+from bnnctl.cli.common import (
+    DEFAULT_STORE,
+    ActivationOpt,
+    ArchOpt,
+    DataOpt,
+    DatasetOpt,
+    DropoutOpt,
+    QuietOpt,
+    StoreOpt,
+    command,
+    dataset_and_arch,
+    log,
+    progress,
+)
+from bnnctl.arch.spec import Activation
+from bnnctl.samplers.config import APPROXIMATIONS, Fisher, Method, SamplerConfig, Schedule
 
 
-def _opt(flag: str, text: str):
+def _opt(flag: str, text: str) -> Any:
     return typer.Option(flag, help=text)
 
 
-@command("sample")
+@command("sample", flags={"start": "--from"})
 def sample_cmd(
-    method: Annotated[str, _opt("--method", f"Sampler: {', '.join(METHODS)}.")] = "sghmc",
+    method: Annotated[Method, _opt("--method", "Sampler.")] = Method.sghmc,
     chains: Annotated[int | None, _opt("--chains", "Chains run together (default 8; with --from, one per selected checkpoint, or a multiple).")] = None,
     samples: Annotated[int, _opt("--samples", "Samples kept per chain.")] = 100,
     burn_in: Annotated[int | None, _opt("--burn-in", "Updates before the first kept sample (MCMC), or fitting steps (mfvi, swag). Default per method.")] = None,
@@ -34,61 +42,37 @@ def sample_cmd(
     noise_std: Annotated[float, _opt("--noise-std", "Gaussian likelihood noise std (regression data).")] = 1.0,
     batch_size: Annotated[int, _opt("--batch-size", "Minibatch size (SGLD, SGHMC, MFVI, SWAG).")] = 128,
     leapfrog: Annotated[int, _opt("--leapfrog", "HMC leapfrog steps per proposal.")] = 10,
-    schedule: Annotated[str, _opt("--schedule", "SGLD/SGHMC step schedule: constant or poly.")] = "constant",
-    fisher: Annotated[str, _opt("--fisher", "Laplace curvature: ggn or ef (empirical Fisher).")] = "ggn",
+    schedule: Annotated[Schedule, _opt("--schedule", "SGLD/SGHMC step schedule.")] = Schedule.constant,
+    fisher: Annotated[Fisher, _opt("--fisher", "Laplace curvature: GGN or empirical Fisher.")] = Fisher.ggn,
     rank: Annotated[int, _opt("--rank", "SWAG low-rank columns (= snapshots).")] = 20,
-    start: Annotated[str | None, _opt("--from", "Start chains at the checkpoints this manifest query selects, e.g. \"kind == 'train' and seed < 8\".")] = None,
+    start: Annotated[str | None, _opt("--from", "Start chains at the checkpoints this --where expression selects, e.g. \"kind == 'train' and seed < 8\".")] = None,
     seed: Annotated[int, _opt("--seed", "Seed of the chains' random streams.")] = 0,
     segment: Annotated[int | None, _opt("--segment", "Samples per chain per committed block (default: about 256 rows a block).")] = None,
     dataset: DatasetOpt = "digits",
     data: DataOpt = None,
     arch: ArchOpt = None,
-    activation: ActivationOpt = "relu",
+    activation: ActivationOpt = Activation.relu,
     dropout: DropoutOpt = 0.0,
     population: Annotated[str | None, _opt("--population", "Population name (default: <dataset>-<method>).")] = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
-) -> None:
+) -> None:  # fmt: skip
     """Sample posteriors of many chains at once (SGLD, SGHMC, HMC, MFVI, Laplace, SWAG, MC
     dropout) into the store; re-running resumes a killed run.
 
     Example: bnnctl sample --method hmc --chains 8 --samples 200 --burn-in 50 --prior-var 0.2
     """
-    cfg = SamplerConfig(method, step_size, prior_var, temperature, noise_std, burn_in, thin,
-                        batch_size, friction, schedule, leapfrog, fisher=fisher, rank=rank)
-    check_request(cfg, samples, chains, segment, start is not None)
-    kw = {}
-    if start is None:
-        kw["dataset"], kw["arch"] = dataset_and_arch(dataset, data, arch, activation, dropout)
-        check_arch(kw["arch"], kw["dataset"])
-        st = Store.open(store, create=True)
-    else:
-        if not start.strip():
-            raise UsageError("--from needs a manifest query")
-        st = Store.open(store)
-        kw["start"] = select(st.manifest(), start)
-    plan = make_plan(st, cfg, samples, chains, population=population, segment=segment, seed=seed, **kw)
-    result = _run(st, plan, quiet)
-    _report(result, plan, quiet, store)
+    from bnnctl.engines.sample import make_plan, run_plan
 
-
-def _run(st, plan, quiet):
-    cfg = plan.config
-    fit = cfg.burn_in if cfg.method != "swag" else cfg.burn_in + cfg.rank * cfg.thin
-    total = (fit + plan.samples) if cfg.method in APPROXIMATIONS else cfg.burn_in + plan.samples * cfg.thin
-    t0 = time.perf_counter()
-    with progress_bar(quiet, unit="steps") as bar:
-        task = bar.add_task(f"sample {cfg.method}", total=total, done=0, todo=total, rate="")
-
-        def advance(n: int) -> None:
-            bar.advance(task, n)
-            done = int(bar.tasks[task].completed)
-            bar.update(task, done=done, rate=f"{done / (time.perf_counter() - t0):.1f} steps/s")
-
-        return run_plan(st, plan, advance)
-
-
-def _report(result, plan, quiet: bool, store: str) -> None:
+    cfg = SamplerConfig(method.value, step_size, prior_var, temperature, noise_std, burn_in, thin,
+                        batch_size, friction, schedule.value, leapfrog, fisher=fisher.value, rank=rank)  # fmt: skip
+    ds, spec = (None, None) if start is not None else dataset_and_arch(dataset, data, arch, activation.value, dropout)
+    st, plan = make_plan(store, cfg, samples, chains, ds, spec, start, population, segment, seed)
+    assert cfg.burn_in is not None  # resolved by SamplerConfig
+    fit = cfg.burn_in + (cfg.rank * cfg.thin if cfg.method == "swag" else 0)
+    total = fit + plan.samples if cfg.method in APPROXIMATIONS else cfg.burn_in + plan.samples * cfg.thin
+    with progress(quiet, f"sample {cfg.method}", total, unit="steps") as advance:
+        result = run_plan(st, plan, advance)
     rows = result.rows
     msg = f"committed {len(rows)} rows ({plan.chains} chains x {plan.samples} samples"
     msg += f", {result.skipped_segments} segments already in the store)" if result.skipped_segments else ")"
@@ -98,6 +82,6 @@ def _report(result, plan, quiet: bool, store: str) -> None:
         msg += f"; {result.divergent_transitions} divergent transitions rejected"
     log(quiet, f"{msg}; population {plan.population}; store {store}")
     if result.divergent:
-        chains = ", ".join(f"{c} (step {s})" for c, s in sorted(result.divergent.items()))
+        which = ", ".join(f"{c} (step {s})" for c, s in sorted(result.divergent.items()))
         log(False, f"warning: {len(result.divergent)} of {plan.chains} chains diverged (non-finite energy) "
-                   f"and their later samples were not stored: chains {chains}; lower --step-size")
+                   f"and their later samples were not stored: chains {which}; lower --step-size")  # fmt: skip

@@ -4,57 +4,57 @@ from __future__ import annotations
 
 import csv
 import sys
-from enum import Enum
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from bnnctl import stats as stats_mod
-from bnnctl.cli.common import DEFAULT_STORE, QuietOpt, StoreOpt, WhereOpt, command, dump_json, fmt_cell, log
-from bnnctl.store import Store
+from bnnctl.cli.common import (
+    DEFAULT_STORE,
+    QuietOpt,
+    StoreOpt,
+    WhereOpt,
+    command,
+    dump_json,
+    FormatFlag,
+    StatsFormat,
+    log,
+    print_table,
+)
+from bnnctl.stats.report import compute
+from bnnctl.stats.summary import flatten
 
 
-class StatsFormat(str, Enum):
-    table = "table"
-    json = "json"
-    csv = "csv"
-
-
-@command("stats")
+@command("stats", flags={"compare_exprs": "--compare"})
 def stats_cmd(
     where: WhereOpt = None,
     ensemble: Annotated[bool, typer.Option("--ensemble", help="Re-evaluate the selection: BMA metrics and curve, pairwise MI/disagreement, modes.")] = False,
-    compare: Annotated[tuple[str, str] | None, typer.Option("--compare", help="Two expressions A B, each over the whole store: agreement and total variation of their BMAs, weight-space MMD^2 before/after canonicalisation.")] = None,
+    compare: Annotated[tuple[str, str] | None, typer.Option("--compare", help="Two --where expressions A B, each over the whole store: agreement and total variation of their BMAs, weight-space MMD^2 before/after canonicalisation.")] = None,
     ood: Annotated[str | None, typer.Option("--ood", help="'builtin' (inverted test images for [0,1] features, else test points pushed out 3x from the mean) or an .npz with x [N, features]: AUROC/AUPR/FPR95.")] = None,
     plot: Annotated[str | None, typer.Option("--plot", help="Write PNG figures into this folder.")] = None,
     pairs: Annotated[int, typer.Option("--pairs", help="Model pairs sampled for pairwise MI (all pairs when fewer).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of pair, member-order and MMD subsampling.")] = 0,
-    fmt: Annotated[StatsFormat, typer.Option("--format", "-f", help="table, json (stable shape, see bnnctl.stats.JSON_SHAPE) or csv (section,key,value).")] = StatsFormat.table,
+    fmt: Annotated[StatsFormat, FormatFlag] = StatsFormat.table,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
-) -> None:
+) -> None:  # fmt: skip
     """Measure a selection: manifest summaries, BMA and diversity, comparisons, OOD, plots.
 
     Without options: per-population summaries of the recorded test metrics. --ensemble,
     --ood and --plot re-evaluate the models on the data stored with their population.
+    --format json has a stable shape (bnnctl.stats.report.JSON_SHAPE); csv is
+    section,key,value.
 
     Example: bnnctl stats --where "method == 'adam'" --ensemble --ood builtin --format json
     """
-    st = Store.open(store)
-    rep, ctx = stats_mod.compute(st, where, ensemble, compare, ood, pairs, seed, plot=plot is not None)
+    rep, _ = compute(store, where, ensemble, compare, ood, pairs, seed, plot=plot or False)
     if plot is not None:
-        from bnnctl import plots
-
-        rep["plots"] = [str(p) for p in plots.write_all(st, ctx, plot)]
         log(quiet, f"wrote {len(rep['plots'])} figures to {plot}")
     if fmt is StatsFormat.json:
         dump_json(rep)
     elif fmt is StatsFormat.csv:
         w = csv.writer(sys.stdout, lineterminator="\n")
         w.writerow(["section", "key", "value"])
-        for key, value in stats_mod.flatten({k: v for k, v in rep.items() if k != "format"}):
+        for key, value in flatten({k: v for k, v in rep.items() if k != "format"}):
             section, _, rest = key.partition(".")
             w.writerow([section, rest, "" if value is None else value])
     else:
@@ -62,30 +62,18 @@ def stats_cmd(
 
 
 def render(rep: dict) -> None:
-    """The report as rich tables on stdout."""
-    out = Console(file=sys.stdout, width=None if sys.stdout.isatty() else 160)
+    """The report as tables on stdout."""
     groups = rep["summary"]["groups"]
-    t = Table(title=f"{rep['n_models']} checkpoints" + (f" where {rep['where']}" if rep["where"] else ""))
-    for c in groups[0]:
-        t.add_column(c.replace("test_", ""), overflow="fold")
-    for g in groups:
-        t.add_row(*(fmt_cell(v) for v in g.values()))
-    out.print(t)
+    title = f"{rep['n_models']} checkpoints" + (f" where {rep['where']}" if rep["where"] else "")
+    print_table([c.replace("test_", "") for c in groups[0]], (g.values() for g in groups), title)
     ens = rep["ensemble"]
     if ens and ens["curve"]:
-        t = Table(title="BMA vs number of members")
-        for c in ens["curve"][0]:
-            t.add_column(c)
-        for r in ens["curve"]:
-            t.add_row(*(fmt_cell(v) for v in r.values()))
-        out.print(t)
+        curve = ens["curve"]
+        print_table(list(curve[0]), (r.values() for r in curve), "BMA vs number of members")
     for section in ("evaluation", "ensemble", "modes", "ood", "compare", "plots"):
         if not rep[section]:
             continue
-        body = {k: v for k, v in rep[section].items() if k != "curve"} if section == "ensemble" else rep[section]
-        t = Table(title=section)
-        t.add_column("key")
-        t.add_column("value", overflow="fold")
-        for k, v in stats_mod.flatten(body):
-            t.add_row(k, fmt_cell(v))
-        out.print(t)
+        body = rep[section]
+        if section == "ensemble":
+            body = {k: v for k, v in body.items() if k != "curve"}
+        print_table(["key", "value"], flatten(body), section)

@@ -12,31 +12,27 @@ noise from torch's global generator (no per-chain stream to save and resume), ta
 gradients with ``torch.func`` autograd over a parameter tree per call instead of the
 hand-written batched backward over ``[M, P]`` that bnnctl's engines share, and it has no
 Metropolis-corrected HMC with per-chain adaptation.
+
+:mod:`.config` (the configuration and the method names) is torch-free; the registry of
+method modules (:data:`.registry.REGISTRY`) is loaded on first use.
 """
 
 from __future__ import annotations
 
-from bnnctl.posterior import LogPosterior
-from bnnctl.samplers import hmc, laplace, mc_dropout, sgmcmc, swag, vi
-from bnnctl.samplers.base import (
-    APPROXIMATIONS,
-    METHODS,
-    NEED_START,
-    ChainState,
-    Sampler,
-    SamplerConfig,
-    load_state,
-    save_state,
-)
+from typing import TYPE_CHECKING
 
-_MODULES = {"sgld": sgmcmc, "sghmc": sgmcmc, "hmc": hmc, "mfvi": vi, "laplace": laplace,
-            "swag": swag, "mc_dropout": mc_dropout}
+from bnnctl.samplers.config import APPROXIMATIONS, METHODS, NEED_START, SamplerConfig
+
+if TYPE_CHECKING:
+    from bnnctl.samplers.base import Sampler
+    from bnnctl.samplers.posterior import LogPosterior
 
 
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """The sampler ``config.method`` for the posterior ``post``."""
-    return _MODULES[config.method].build(config, post)
+    from bnnctl.samplers.registry import REGISTRY
+
+    return REGISTRY[config.method].build(config, post)
 
 
-__all__ = ["APPROXIMATIONS", "METHODS", "NEED_START", "ChainState", "Sampler", "SamplerConfig",
-           "build", "load_state", "save_state"]
+__all__ = ["APPROXIMATIONS", "METHODS", "NEED_START", "SamplerConfig", "build"]

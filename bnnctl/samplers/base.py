@@ -23,88 +23,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from bnnctl.errors import UsageError
-from bnnctl.posterior import LogPosterior, minibatch
+from bnnctl.samplers.config import SamplerConfig
+from bnnctl.samplers.posterior import LogPosterior, minibatch
 
-METHODS = ("sgld", "sghmc", "hmc", "mfvi", "laplace", "swag", "mc_dropout")
-#: Methods that fit an approximation q and then draw from it.
-APPROXIMATIONS = ("mfvi", "laplace", "swag", "mc_dropout")
-#: Methods that only make sense around a trained checkpoint (need ``--from``).
-NEED_START = ("laplace", "swag", "mc_dropout")
-SCHEDULES = ("constant", "poly")
-FISHERS = ("ggn", "ef")
-#: Step size (learning rate) when none is given. SG-MCMC and HMC steps act on the summed
-#: energy U_T (so they shrink with N); SWAG's SGD and MFVI's Adam on per-point scales.
-DEFAULT_STEP = {"sgld": 1e-5, "sghmc": 1e-5, "hmc": 1e-3, "mfvi": 1e-3, "swag": 0.05,
-                "laplace": 0.0, "mc_dropout": 0.0}
-DEFAULT_BURN_IN = {"sgld": 100, "sghmc": 100, "hmc": 50, "mfvi": 1000, "swag": 100,
-                   "laplace": 0, "mc_dropout": 0}
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    """One configuration for all methods; each reads the fields that apply to it.
-
-    ``step_size``: SGLD ε, SGHMC learning rate η, HMC initial leapfrog step, MFVI Adam
-    learning rate, SWAG SGD learning rate. ``friction``: SGHMC α (1 − momentum).
-    ``leapfrog``: HMC leapfrog steps per proposal; ``target_accept``: dual-averaging
-    target during burn-in (``adapt``). ``metropolis=False`` skips the accept/reject step
-    (for diagnostics only: the chain is then biased). ``fisher``: Laplace curvature,
-    generalised Gauss-Newton (``ggn``) or empirical Fisher (``ef``). ``rank``: SWAG's
-    number of deviation columns (and of snapshots). ``init_std``: MFVI's initial σ.
-    """
-
-    method: str = "sghmc"
-    step_size: float | None = None
-    prior_var: float = 1.0
-    temperature: float = 1.0
-    noise_std: float = 1.0
-    burn_in: int | None = None
-    thin: int = 1
-    batch_size: int = 128
-    friction: float = 0.05
-    schedule: str = "constant"
-    leapfrog: int = 10
-    target_accept: float = 0.8
-    adapt: bool = True
-    metropolis: bool = True
-    fisher: str = "ggn"
-    rank: int = 20
-    init_std: float = 1e-3
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
-        if self.step_size is None:
-            object.__setattr__(self, "step_size", DEFAULT_STEP[self.method])
-        if self.burn_in is None:
-            object.__setattr__(self, "burn_in", DEFAULT_BURN_IN[self.method])
-        checks = [
-            (self.prior_var > 0, f"--prior-var must be positive, got {self.prior_var}"),
-            (self.temperature > 0, f"--temperature must be positive, got {self.temperature}"),
-            (self.noise_std > 0, f"--noise-std must be positive, got {self.noise_std}"),
-            (self.step_size >= 0 and (self.step_size > 0 or self.method in ("laplace", "mc_dropout")),
-             f"--step-size must be positive, got {self.step_size}"),
-            (self.burn_in >= 0, f"--burn-in must be >= 0, got {self.burn_in}"),
-            (self.thin >= 1, f"--thin must be >= 1, got {self.thin}"),
-            (self.batch_size >= 1, f"--batch-size must be >= 1, got {self.batch_size}"),
-            (0 < self.friction <= 1, f"--friction must be in (0, 1], got {self.friction}"),
-            (self.leapfrog >= 1, f"--leapfrog must be >= 1, got {self.leapfrog}"),
-            (0 < self.target_accept < 1, f"target acceptance must be in (0, 1), got {self.target_accept}"),
-            (self.schedule in SCHEDULES, f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
-            (self.fisher in FISHERS, f"unknown curvature {self.fisher!r}; choose ggn or ef"),
-            (self.rank >= 2, f"--rank must be >= 2, got {self.rank}"),
-            (self.init_std > 0, f"initial std must be positive, got {self.init_std}"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise UsageError(msg)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class ChainState:
     """What every chain carries: positions ``params [M, P]``, one generator per chain,
     the number of updates done, and which chains have diverged (non-finite energy or
@@ -117,7 +39,7 @@ class ChainState:
 
     def __post_init__(self) -> None:
         if self.diverged.numel() != self.params.shape[0]:
-            self.diverged = torch.zeros(self.params.shape[0], dtype=torch.bool)
+            object.__setattr__(self, "diverged", torch.zeros(self.params.shape[0], dtype=torch.bool))
 
 
 @dataclass(frozen=True)

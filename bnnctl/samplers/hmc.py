@@ -22,8 +22,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bnnctl.posterior import LogPosterior, rand, randn
+from bnnctl.samplers.posterior import LogPosterior, rand, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
+
+#: Defaults of the method(s) this module implements. The initial leapfrog step; dual averaging tunes it during burn-in.
+DEFAULTS = {"hmc": {"step_size": 1e-3, "burn_in": 50}}
 
 JITTER = 0.1
 MAX_ENERGY_ERROR = 1000.0
@@ -35,7 +38,7 @@ def _f64(n: int, value: float = 0.0) -> torch.Tensor:
     return torch.full((n,), value, dtype=torch.float64)
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class HMCState(ChainState):
     """Positions with their energy and gradient, each chain's step size and dual-averaging
     statistics, and acceptance / divergence counts (since the end of burn-in)."""
@@ -119,6 +122,5 @@ def _adapt(state: HMCState, accept_prob: torch.Tensor, cfg: SamplerConfig) -> HM
     eta = t ** -KAPPA
     log_bar = eta * log_eps + (1 - eta) * state.log_step_bar
     done = t >= cfg.burn_in
-    state.h_bar, state.log_step_bar = h_bar, log_bar
-    state.step_size = (log_bar if done else log_eps).exp()
-    return state
+    step_size = (log_bar if done else log_eps).exp()
+    return dataclasses.replace(state, h_bar=h_bar, log_step_bar=log_bar, step_size=step_size)

@@ -23,12 +23,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bnnctl.likelihood import Gaussian, two_class_logits
-from bnnctl.posterior import LogPosterior, randn
+from bnnctl.evaluate.likelihood import Gaussian, two_class_logits
+from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
 
+#: Defaults of the method(s) this module implements. No steps: the curvature is computed once at each checkpoint.
+DEFAULTS = {"laplace": {"step_size": 0.0, "burn_in": 0}}
 
-@dataclass(kw_only=True)
+
+@dataclass(frozen=True, kw_only=True)
 class LaplaceState(ChainState):
     """``params`` is the mode θ*; ``std`` = λ^(-1/2)."""
 

@@ -18,8 +18,11 @@ import dataclasses
 import torch
 
 from bnnctl.errors import UsageError
-from bnnctl.posterior import LogPosterior
+from bnnctl.samplers.posterior import LogPosterior
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
+
+#: Defaults of the method(s) this module implements. No steps: draws are dropout masks on the checkpoint.
+DEFAULTS = {"mc_dropout": {"step_size": 0.0, "burn_in": 0}}
 
 
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:

@@ -1,6 +1,6 @@
 """Stochastic-gradient MCMC: SGLD and SGHMC over M stacked chains.
 
-Both target exp(-U_T(θ)) (see :mod:`bnnctl.posterior`) with minibatch estimates of ∇U_T
+Both target exp(-U_T(θ)) (see :mod:`bnnctl.samplers.posterior`) with minibatch estimates of ∇U_T
 (each chain draws its own minibatch from its own generator). No Metropolis correction:
 the bias is O(step size), so use small steps.
 
@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bnnctl.posterior import LogPosterior, randn
+from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import (
     ChainState,
     Sampler,
@@ -36,8 +36,11 @@ from bnnctl.samplers.base import (
     step_size_at,
 )
 
+#: Defaults of the method(s) this module implements. Step sizes act on the summed energy U_T, so they shrink with N.
+DEFAULTS = {"sgld": {"step_size": 1e-5, "burn_in": 100}, "sghmc": {"step_size": 1e-5, "burn_in": 100}}
 
-@dataclass(kw_only=True)
+
+@dataclass(frozen=True, kw_only=True)
 class SGState(ChainState):
     """Positions, velocities ``v`` (SGHMC; empty for SGLD) and the last minibatch
     estimate of each chain's energy."""

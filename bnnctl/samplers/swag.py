@@ -17,14 +17,17 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bnnctl.posterior import LogPosterior, randn
+from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig, batch_for, check_divergence
+
+#: Defaults of the method(s) this module implements. SGD's learning rate on per-point scales; burn-in steps before the snapshots.
+DEFAULTS = {"swag": {"step_size": 0.05, "burn_in": 100}}
 
 MOMENTUM = 0.9
 MIN_VAR = 1e-30
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class SWAGState(ChainState):
     """The SGD iterate ``params`` and its momentum buffer; the running moments and the
     ring buffer of deviations ``dev [M, K, P]``; ``collected`` snapshots so far."""

@@ -25,13 +25,16 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bnnctl.posterior import LogPosterior, randn
+from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig, batch_for, check_divergence
+
+#: Defaults of the method(s) this module implements. Adam's learning rate on per-point scales; burn-in is the fitting steps.
+DEFAULTS = {"mfvi": {"step_size": 1e-3, "burn_in": 1000}}
 
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 
 
-@dataclass(kw_only=True)
+@dataclass(frozen=True, kw_only=True)
 class VIState(ChainState):
     """``params`` is q's mean μ; ``rho`` its softplus-std parameter; Adam's moments of
     (μ, ρ) stacked ``[2, M, P]``; ``energy`` the last negative-ELBO estimate."""

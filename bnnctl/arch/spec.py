@@ -10,22 +10,34 @@ the spec; none re-derives it.
 
 from __future__ import annotations
 
+from enum import Enum
 import json
 import math
 import re
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from bnnctl.errors import UsageError
 
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads specs without it
+    import torch
+
 #: Activations and the symmetries of a hidden unit they admit besides permutation:
 #: "scale" = positive rescaling (positively homogeneous), "sign" = sign flip (odd).
+class Activation(str, Enum):
+    """Hidden activations."""
+
+    relu = "relu"
+    leaky_relu = "leaky_relu"
+    tanh = "tanh"
+    gelu = "gelu"
+
+
 ACTIVATIONS: dict[str, tuple[str, ...]] = {
-    "relu": ("scale",),
-    "leaky_relu": ("scale",),
-    "tanh": ("sign",),
-    "gelu": (),
+    Activation.relu.value: ("scale",),
+    Activation.leaky_relu.value: ("scale",),
+    Activation.tanh.value: ("sign",),
+    Activation.gelu.value: (),
 }
 LEAKY_SLOPE = 0.01
 
@@ -128,7 +140,7 @@ class ArchSpec:
         return len(self.widths) - 1
 
     def module_index(self, layer: int) -> int:
-        """Index of Linear ``layer`` inside the ``nn.Sequential`` that models.py builds."""
+        """Index of Linear ``layer`` inside the ``nn.Sequential`` that modules.py builds."""
         per_hidden = 3 if self.dropout > 0 else 2
         return layer * per_hidden
 
@@ -192,6 +204,8 @@ class ArchSpec:
     def init(self, generator: torch.Generator) -> torch.Tensor:
         """One model's initial ``[P]`` row: PyTorch's ``nn.Linear`` default
         (uniform in ±1/sqrt(fan_in) for weight and bias), drawn in layout order."""
+        import torch
+
         parts = []
         for t in self.layout:
             bound = 1.0 / math.sqrt(t.shape[-1] if len(t.shape) == 2 else self._fan_in(t))
@@ -218,20 +232,28 @@ class ArchSpec:
 
     def to_layer_major(self, flat: torch.Tensor) -> torch.Tensor:
         """Model-major ``[M, P]`` -> layer-major buffer ``[M*P]``."""
+        import torch
+
         return torch.cat([flat[:, t.offset : t.offset + t.size].reshape(-1) for t in self.layout])
 
     def to_model_major(self, buf: torch.Tensor, m: int) -> torch.Tensor:
         """Layer-major buffer ``[M*P]`` -> model-major ``[M, P]``."""
+        import torch
+
         return torch.cat([v.reshape(m, -1) for layer in self.layer_views(buf, m) for v in layer], 1)
 
     def layers_of(self, params) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Per-layer views of model-major ``[M, P]`` params, or a list of layers as is."""
+        import torch
+
         return self.unflatten(params) if isinstance(params, torch.Tensor) else params
 
     # --- batched computation -----------------------------------------------------
 
     def act_(self, z: torch.Tensor) -> torch.Tensor:
         """The activation, in place where the backward pass only needs its output."""
+        import torch
+
         a = self.activation
         if a == "relu":
             return z.relu_()
@@ -243,6 +265,8 @@ class ArchSpec:
 
     def act_backward(self, dh: torch.Tensor, z: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
         """d loss / d z given d loss / d h for h = act(z) (z is only kept for gelu)."""
+        import torch
+
         a = self.activation
         if a == "relu":
             return torch.ops.aten.threshold_backward(dh, h, 0.0)
@@ -263,6 +287,8 @@ class ArchSpec:
         per-layer views) on ``x`` (``[B, in]`` shared by all models, or ``[M, B, in]``).
         Pass a list as ``keep`` to retain what :meth:`backward` needs. ``dropout_masks``
         (one per hidden layer, already scaled by 1/(1-p)) applies dropout."""
+        import torch
+
         layers = self.layers_of(params)
         h = x
         for i, (w, b) in enumerate(layers):
@@ -294,6 +320,8 @@ class ArchSpec:
         """Write d loss / d params into ``grads`` (same form as ``params``) given
         d loss / d outputs ``dout [M, B, out]`` and what :meth:`forward` kept. Hand-written
         so that gradients land directly in the optimizer's buffer, with no autograd graph."""
+        import torch
+
         layers, glayers = self.layers_of(params), self.layers_of(grads)
         dz = dout
         for i in range(len(layers) - 1, -1, -1):

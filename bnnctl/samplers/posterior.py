@@ -29,7 +29,7 @@ import torch
 from bnnctl.arch import ArchSpec
 from bnnctl.data import Dataset
 from bnnctl.errors import UsageError
-from bnnctl.likelihood import Categorical, Gaussian, for_task
+from bnnctl.evaluate.likelihood import Categorical, Gaussian, for_task
 
 #: Points per forward pass in full-batch evaluations (bounds activation memory).
 CHUNK = 2048

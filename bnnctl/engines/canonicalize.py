@@ -34,19 +34,15 @@ import torch
 
 from bnnctl.arch import ArchSpec
 from bnnctl.errors import CheckError, ConflictError, DataError, UsageError
-from bnnctl.likelihood import for_task
-from bnnctl.metrics import evaluate
-from bnnctl.store import Store
-from bnnctl.symmetry import (
-    MODE_RTOL,
-    count_modes,
-    Transform,
-    canonicalize as canon_form,
-    l2_mass,
-    make_transform,
-    weight_match,
-)
-from bnnctl.train import outputs
+from bnnctl.evaluate import outputs
+from bnnctl.evaluate.likelihood import for_task
+from bnnctl.evaluate.metrics import evaluate
+from bnnctl.store import Store, select
+from bnnctl.symmetry.action import l2_mass
+from bnnctl.symmetry.canonical import canonicalize as canon_form
+from bnnctl.symmetry.matching import weight_match
+from bnnctl.symmetry.modes import MODE_RTOL, count_modes
+from bnnctl.symmetry.transform import DEFAULT_KEY, TIE_RTOL, Transform, make_transform
 
 #: A canonical row's outputs may differ from its source's by CHECK_RTOL × max |output|.
 CHECK_RTOL = 1e-5
@@ -290,21 +286,27 @@ class CanonResult:
 
 
 def canonicalize(
-    store: Store,
-    sources: pd.DataFrame | None = None,
+    store: Store | str,
+    sources: pd.DataFrame | str | None = None,
     symmetries: list[str] | None = None,
-    key: str = "pc",
+    key: str = DEFAULT_KEY,
     scale_mode: str = "l2",
     align_to: str | None = None,
     block_size: int = BLOCK_SIZE,
     mode_rtol: float = MODE_RTOL,
     progress: Callable[[int], None] | None = None,
 ) -> CanonResult:
-    """Canonicalise (or, with ``align_to``, align) ``sources`` (default: every row that
-    is not canonical) into new rows; skip those already done. See the module doc."""
+    """Canonicalise (or, with ``align_to``, align) ``sources`` (a selection or a
+    ``--where`` expression; default: every row that is not canonical) into new rows;
+    skip those already done. See the module doc."""
     if block_size < 1:
-        raise UsageError("block size must be positive")
+        raise UsageError(f"block_size must be at least 1, got {block_size}", "block_size")
+    if not 0 <= mode_rtol < 1:
+        raise UsageError(f"mode_rtol must be in [0, 1), got {mode_rtol}", "mode_rtol")
+    store = store if isinstance(store, Store) else Store.open(store)
     man = store.manifest()
+    if isinstance(sources, str):
+        sources = select(man, sources)
     sources = man[man["kind"] != "canonical"] if sources is None else sources
     groups, ref_row = plan(store, sources, symmetries, key, scale_mode, align_to)
     ref = None
@@ -443,7 +445,6 @@ def report(
         "models_with_near_ties": 0,
         "tie_rtol": None,
     }
-    from bnnctl.symmetry import TIE_RTOL
 
     for g in groups:
         rows = canon[canon["population"] == g.out_population]

@@ -25,9 +25,10 @@ import torch  # noqa: E402
 
 from bnnctl.arch import ArchSpec  # noqa: E402
 from bnnctl.errors import UsageError  # noqa: E402
-from bnnctl.stats import Context  # noqa: E402
+from bnnctl.stats.report import Context  # noqa: E402
 from bnnctl.store import Store  # noqa: E402
-from bnnctl.symmetry import canonicalize, make_transform  # noqa: E402
+from bnnctl.symmetry.canonical import canonicalize  # noqa: E402
+from bnnctl.symmetry.transform import make_transform  # noqa: E402
 
 TSNE_MAX = 800
 

@@ -19,9 +19,6 @@ result reports it.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,13 +29,15 @@ import torch
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import Dataset
-from bnnctl.errors import CheckError, ConflictError, StoreError, UsageError
-from bnnctl.likelihood import for_task
-from bnnctl.posterior import LogPosterior
-from bnnctl.samplers import NEED_START, Sampler, SamplerConfig, build, load_state, save_state
+from bnnctl.engines import population as popmod
+from bnnctl.errors import CheckError, StoreError, UsageError
+from bnnctl.evaluate import check_arch, metrics_of
+from bnnctl.evaluate.likelihood import for_task
+from bnnctl.samplers import NEED_START, SamplerConfig, build
+from bnnctl.samplers.base import Sampler, load_state, save_state
 from bnnctl.samplers.base import step_size_at
-from bnnctl.store import Store
-from bnnctl.train import check_arch, metrics_of
+from bnnctl.samplers.posterior import LogPosterior
+from bnnctl.store import Store, select
 
 DEFAULT_CHAINS = 8
 #: Rows per committed block aimed at when no segment size is given.
@@ -63,11 +62,11 @@ class Plan:
     sha256: str = field(init=False)
 
     def __post_init__(self) -> None:
-        desc = json.dumps({
+        desc = {
             "config": self.config.as_dict(), "arch": self.arch.to_json(), "data": self.dataset.sha256,
             "parents": self.parents, "samples": self.samples, "segment": self.segment, "seed": self.seed,
-        }, sort_keys=True)
-        object.__setattr__(self, "sha256", hashlib.sha256(desc.encode()).hexdigest())
+        }
+        object.__setattr__(self, "sha256", popmod.digest(desc))
 
     @property
     def chains(self) -> int:
@@ -78,8 +77,7 @@ class Plan:
         return -(-self.samples // self.segment)
 
     def generator(self, chain: int) -> torch.Generator:
-        digest = hashlib.sha256(f"{self.sha256}:{chain}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        return popmod.generator(self.sha256, chain)
 
     def state_path(self, kept: int) -> str:
         return f"{self.population}/kept{kept:07d}"
@@ -102,69 +100,76 @@ class SampleResult:
 
 
 def make_plan(
-    store: Store,
+    store: Store | str,
     config: SamplerConfig,
     samples: int,
     chains: int | None = None,
     dataset: Dataset | None = None,
     arch: ArchSpec | None = None,
-    start: pd.DataFrame | None = None,
+    start: pd.DataFrame | str | None = None,
     population: str | None = None,
     segment: int | None = None,
     seed: int = 0,
-) -> Plan:
-    """Validate the request and resolve chains, starts, data and names (writes nothing
-    but the dataset, once everything is checked)."""
+) -> tuple[Store, Plan]:
+    """Validate the request and resolve chains, starts, data and names; returns the store
+    (opened from a path or URL only once the request is valid, created when chains start
+    from the prior) and the plan. Writes nothing but the dataset, once all is checked.
+    ``start`` is a manifest selection, or a ``--where`` expression that makes one."""
     check_request(config, samples, chains, segment, start is not None)
     if start is None:
         if dataset is None:
-            raise UsageError("give a dataset, or --from checkpoints whose data is in the store")
+            raise UsageError("give a dataset, or start checkpoints whose data is in the store", "start")
         arch = arch or ArchSpec(dataset.default_arch_widths())
+        check_arch(arch, dataset)
         chains = chains or DEFAULT_CHAINS
         starts, parents, data_path = None, [None] * chains, None
+        store = store if isinstance(store, Store) else Store.open(store, create=True)
     else:
+        store = store if isinstance(store, Store) else Store.open(store)
+        if isinstance(start, str):
+            if not start.strip():
+                raise UsageError("start needs a manifest query", "start")
+            start = select(store.manifest(), start)
         arch, dataset, data_path, starts, parents = _resolve_start(store, start, chains)
     check_arch(arch, dataset)
     if config.method == "mc_dropout" and arch.dropout <= 0:
         raise UsageError(f"MC dropout needs checkpoints trained with dropout; {arch.name} has none "
                          "(train with --dropout RATE)")
-    name = population or f"{dataset.name}-{config.method}"
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise UsageError(f"population name {name!r} may use letters, digits, '_', '.', '-' only")
+    name = popmod.check_name(population or f"{dataset.name}-{config.method}")
     seg = segment or max(1, min(samples, BLOCK_ROWS // len(parents)))
     if start is None:
         data_path = store.put_dataset(dataset)
-    return Plan(config, arch, dataset, data_path, starts, list(parents), samples, seg, name, seed)
+    return store, Plan(config, arch, dataset, data_path, starts, list(parents), samples, seg, name, seed)
 
 
 def check_request(config: SamplerConfig, samples: int, chains: int | None, segment: int | None,
                   has_start: bool) -> None:
     """Checks that need no store (so that bad input never creates one)."""
     if samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {samples}")
+        raise UsageError(f"samples must be at least 1, got {samples}", "samples")
     if chains is not None and chains < 1:
-        raise UsageError(f"--chains must be at least 1, got {chains}")
+        raise UsageError(f"chains must be at least 1, got {chains}", "chains")
     if segment is not None and segment < 1:
-        raise UsageError(f"segment size must be at least 1, got {segment}")
+        raise UsageError(f"segment must be at least 1, got {segment}", "segment")
     if not has_start and config.method in NEED_START:
-        raise UsageError(f"{config.method} works around trained checkpoints: pass --from EXPR")
+        raise UsageError(f"{config.method} works around trained checkpoints: give start checkpoints", "start")
 
 
 def _resolve_start(store: Store, start: pd.DataFrame, chains: int | None):
     if start.empty:
-        raise UsageError("--from selects no checkpoints")
+        raise UsageError("start selects no checkpoints", "start")
     if start["arch"].nunique() > 1:
         names = ", ".join(sorted(set(start["arch_name"] + " " + start["activation"])))
-        raise UsageError(f"--from mixes architectures ({names}); select checkpoints of one")
+        raise UsageError(f"start mixes architectures ({names}); select checkpoints of one", "start")
     if start["data_sha256"].nunique() > 1:
-        raise UsageError("--from mixes checkpoints trained on different data; select one dataset")
+        raise UsageError("start mixes checkpoints trained on different data; select one dataset", "start")
     data = start["data"].iloc[0]
     if data is None or data is pd.NA or (isinstance(data, float) and np.isnan(data)):
         raise StoreError("the selected checkpoints' data is not kept in the store")
     n = len(start)
     chains = chains or n
     if chains % n:
-        raise UsageError(f"--chains {chains} is not a multiple of the {n} selected checkpoints")
+        raise UsageError(f"chains {chains} is not a multiple of the {n} selected checkpoints", "chains")
     order = [k % n for k in range(chains)]
     params = torch.from_numpy(store.read_params(start))[order]
     arch = ArchSpec.from_json(start["arch"].iloc[0])
@@ -173,13 +178,12 @@ def _resolve_start(store: Store, start: pd.DataFrame, chains: int | None):
 
 def check_population(store: Store, plan: Plan) -> list[int]:
     """Indices of the population's committed segments; refuses another configuration."""
-    mine = store.population(plan.population)
-    other = mine[(mine["config_sha256"] != plan.sha256) | (mine["kind"] != "sample")]
-    if not other.empty:
-        row = other.iloc[0]
+    def describe(row: pd.Series) -> str:
         what = f"{row['kind']} rows" if row["kind"] != "sample" else f"{row['method']} samples with other settings"
-        raise ConflictError(f"population {plan.population!r} already holds {what}; re-run with the same "
-                            "arguments to resume, or pass --population NAME for a new population")
+        return (f"population {plan.population!r} already holds {what}; re-run with the same "
+                "arguments to resume, or pass population NAME for a new population")
+
+    mine = popmod.existing_rows(store, plan.population, plan.sha256, describe)
     return sorted({int(a.rsplit("seg", 1)[1]) for a in mine["array"]})
 
 
@@ -187,13 +191,13 @@ def check_population(store: Store, plan: Plan) -> list[int]:
 
 
 def sample(
-    store: Store,
+    store: Store | str,
     config: SamplerConfig,
     samples: int = 100,
     chains: int | None = None,
     dataset: Dataset | None = None,
     arch: ArchSpec | None = None,
-    start: pd.DataFrame | None = None,
+    start: pd.DataFrame | str | None = None,
     population: str | None = None,
     segment: int | None = None,
     seed: int = 0,
@@ -201,7 +205,7 @@ def sample(
 ) -> SampleResult:
     """Run (or resume) a sample population and commit its kept samples segment by
     segment. ``progress(n)`` is called as sampler updates (or draws) complete."""
-    plan = make_plan(store, config, samples, chains, dataset, arch, start, population, segment, seed)
+    store, plan = make_plan(store, config, samples, chains, dataset, arch, start, population, segment, seed)
     return run_plan(store, plan, progress)
 
 

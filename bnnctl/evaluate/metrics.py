@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from bnnctl.likelihood import Categorical, Gaussian
+from bnnctl.evaluate.likelihood import Categorical, Gaussian
 
 ECE_BINS = 15
 

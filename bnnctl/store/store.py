@@ -17,62 +17,45 @@ and a crash at any moment leaves at most an orphan array that no manifest names.
 
 from __future__ import annotations
 
+from enum import Enum
 import contextlib
 import hashlib
 import json
 import os
-import uuid
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import zarr
 
-from bnnctl import FORMAT_VERSION, __version__
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
-from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError, UsageError
-from bnnctl.schema import ARROW_SCHEMA, NAMES, json_schema
+from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError
+from bnnctl.store.manifest import INT_TYPES, complete_rows, read_tables, write_atomic
+from bnnctl.store.verify import Problem, orphan_arrays, verify
+from bnnctl.version import __version__
 
-DTYPES = ("float32", "float16")
+#: Version of the on-disk store format this code reads and writes.
+FORMAT_VERSION = 1
+class DType(str, Enum):
+    """Stored dtypes of params arrays."""
+
+    float32 = "float32"
+    float16 = "float16"
+
+
+DTYPES = tuple(d.value for d in DType)
 #: Params arrays are stored uncompressed: trained float32 weights compress by only ~7-10 %
 #: (see scripts/bench_store.py) and decompression would slow every read.
 PARAMS_COMPRESSORS = None
 #: Data arrays (often images, many zeros) compress well and are read once per command.
 DATA_COMPRESSORS = zarr.codecs.ZstdCodec(level=3)
 MAX_STORED_DATA_BYTES = 512 * 2**20
-INT_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 def row_sha256(row: np.ndarray) -> str:
     """sha256 of one stored row's little-endian bytes."""
     return hashlib.sha256(np.ascontiguousarray(row, dtype=row.dtype.newbyteorder("<")).tobytes()).hexdigest()
-
-
-@dataclass
-class Problem:
-    """One inconsistency found by :meth:`Store.verify`."""
-
-    model_id: str | None
-    where: str
-    message: str
-
-
-def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
-    """Rows of the manifest matching a pandas query expression."""
-    if not where:
-        return df
-    try:
-        out = df.query(where, engine="python")
-    except Exception as e:  # pandas raises many types for a bad expression
-        raise UsageError(f"bad --where expression {where!r}: {type(e).__name__}: {e}") from None
-    if not isinstance(out, pd.DataFrame):
-        raise UsageError(f"--where {where!r} is not a row filter")
-    return out
 
 
 def _is_url(url: str) -> bool:
@@ -146,26 +129,10 @@ class Store:
         files = self.fs.glob(self._path("manifest", "*.parquet"))
         return sorted(f for f in files if not Path(f).name.startswith((".", "_")))
 
-    def _read_table(self, f: str) -> pa.Table:
-        try:
-            with self.fs.open(f, "rb") as fh:
-                return pq.read_table(fh)
-        except Exception as e:
-            raise StoreError(
-                f"manifest file {Path(f).name} is unreadable ({type(e).__name__}: {e}); "
-                "run `bnnctl verify` for details"
-            ) from None
-
     def manifest(self) -> pd.DataFrame:
         """All committed rows, one per checkpoint (cached until this store commits)."""
         if self._manifest is None:
-            tables = [self._read_table(f) for f in self.manifest_files()]
-            table = (
-                pa.concat_tables(tables, promote_options="default")
-                if tables
-                else ARROW_SCHEMA.empty_table()
-            )
-            self._manifest = table.to_pandas(types_mapper=INT_TYPES.get)
+            self._manifest = read_tables(self.fs, self.manifest_files())
         return self._manifest
 
     def population(self, name: str) -> pd.DataFrame:
@@ -204,38 +171,10 @@ class Store:
             overwrite=True,  # only ever an uncommitted orphan of a crashed run
         )
         arr[:] = stored
-        now = datetime.now(timezone.utc)
-        full = []
-        for i, r in enumerate(rows):
-            unknown = set(r) - set(NAMES)
-            if unknown:
-                raise AssertionError(f"manifest columns not in schema: {sorted(unknown)}")
-            full.append({
-                **r, "array": array_path, "row": i, "dtype": dtype, "n_params": p,
-                "sha256": row_sha256(stored[i]), "created_at": now,
-                "arch": arch.to_json(), "arch_name": arch.name, "activation": arch.activation,
-                "bnnctl_version": __version__, "torch_version": _torch_version(),
-            })
-        table = pa.Table.from_pylist(full, schema=ARROW_SCHEMA)
-        self._atomic_write_parquet(table, name)
+        table = complete_rows(rows, array_path, stored, arch, [row_sha256(r) for r in stored])
+        write_atomic(self.fs, self._path("manifest"), table, name, local=not _is_url(self.url))
         self._manifest = None
         return table.to_pandas(types_mapper=INT_TYPES.get)
-
-    def _atomic_write_parquet(self, table: pa.Table, name: str) -> None:
-        final = self._path("manifest", f"{name}.parquet")
-        tmp = self._path("manifest", f".tmp-{uuid.uuid4().hex}-{name}.parquet")
-        if self.fs.exists(final):
-            raise StoreError(f"manifest file {name}.parquet already exists; block already committed")
-        if _is_url(self.url):
-            with self.fs.open(tmp, "wb") as fh:
-                pq.write_table(table, fh)
-            self.fs.mv(tmp, final)
-            return
-        with open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, final)  # atomic on POSIX: the commit point
 
     # --- params --------------------------------------------------------------------
 
@@ -326,81 +265,12 @@ class Store:
         with contextlib.suppress(KeyError):
             del self.group[f"state/{path}"]
 
-    def orphan_arrays(self) -> list[str]:
-        """Params arrays no manifest row names: leftovers of interrupted runs, which the
-        same command reuses when re-run. Harmless to readers; listed by ``verify``."""
-        try:
-            members = self.group["params"].members(max_depth=None)
-        except KeyError:
-            return []
-        named = set(self.manifest()["array"])
-        paths = (f"params/{k}" for k, v in members if isinstance(v, zarr.Array))
-        return sorted(p for p in paths if p not in named)
-
-    # --- verify --------------------------------------------------------------------
+    # --- checks ------------------------------------------------------------------
 
     def verify(self) -> list[Problem]:
-        """Re-hash every row named by the manifest and check manifest <-> arrays and the
-        JSON Schema. Returns the problems found (empty when the store is sound)."""
-        from jsonschema import Draft202012Validator
+        """Every problem :func:`bnnctl.store.verify.verify` finds (empty when sound)."""
+        return verify(self)
 
-        problems: list[Problem] = []
-        tables = []
-        for f in self.manifest_files():
-            try:
-                tables.append(self._read_table(f))
-            except StoreError as e:
-                problems.append(Problem(None, Path(f).name, str(e)))
-        if not tables:
-            return problems
-        table = pa.concat_tables(tables, promote_options="default")
-        validator = Draft202012Validator(json_schema())
-        for rec in table.to_pylist():
-            rec["created_at"] = rec["created_at"].isoformat() if rec["created_at"] else None
-            for err in validator.iter_errors(rec):
-                where = "/".join(map(str, err.absolute_path)) or "row"
-                problems.append(Problem(rec.get("model_id"), f"schema:{where}", err.message))
-        df = table.to_pandas(types_mapper=INT_TYPES.get)
-        for mid in df.loc[df["model_id"].duplicated(), "model_id"]:
-            problems.append(Problem(mid, "manifest", "model_id appears more than once"))
-        for mid in df.loc[df.duplicated(["array", "row"]), "model_id"]:
-            problems.append(Problem(mid, "manifest", "(array, row) is named by another row too"))
-        for path, sub in df.groupby("array", sort=False):
-            problems += self._verify_array(path, sub)
-        for path, sub in df.dropna(subset=["data"]).groupby("data", sort=False):
-            problems += self._verify_data(path, sub)
-        return problems
-
-    def _verify_array(self, path: str, sub: pd.DataFrame) -> list[Problem]:
-        try:
-            arr = self.group[path]
-            data = arr[:]
-        except Exception as e:
-            return [Problem(m, path, f"params array unreadable: {type(e).__name__}: {e}")
-                    for m in sub["model_id"]]
-        problems = []
-        for rec in sub.itertuples():
-            if rec.row >= data.shape[0] or data.shape[1] != rec.n_params or str(data.dtype) != rec.dtype:
-                problems.append(Problem(rec.model_id, path, f"row {rec.row} / shape {data.shape} "
-                                        f"dtype {data.dtype} disagree with the manifest"))
-                continue
-            layout = [t.to_json() for t in ArchSpec.from_json(rec.arch).layout]
-            if arr.attrs.get("layout") != layout:
-                problems.append(Problem(rec.model_id, path, "array layout attr disagrees with arch"))
-            if row_sha256(data[rec.row]) != rec.sha256:
-                problems.append(Problem(rec.model_id, path, f"row {rec.row}: sha256 mismatch (corrupted data)"))
-        return problems
-
-    def _verify_data(self, path: str, sub: pd.DataFrame) -> list[Problem]:
-        try:
-            sha = self.load_data(path).sha256
-        except Exception as e:
-            return [Problem(sub["model_id"].iloc[0], path, f"dataset unreadable: {e}")]
-        bad = sub[sub["data_sha256"] != sha]
-        return [Problem(m, path, "dataset content hash disagrees with the manifest") for m in bad["model_id"]]
-
-
-def _torch_version() -> str:
-    import torch
-
-    return torch.__version__
+    def orphan_arrays(self) -> list[str]:
+        """Params arrays no manifest row names (see :func:`bnnctl.store.verify.orphan_arrays`)."""
+        return orphan_arrays(self)

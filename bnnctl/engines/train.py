@@ -13,11 +13,7 @@ Model k's initialisation and data order come from its own generator, seeded by
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -28,61 +24,15 @@ import torch
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import Dataset
-from bnnctl.errors import ConflictError, UsageError
-from bnnctl.likelihood import for_task
-from bnnctl.metrics import evaluate
+from bnnctl.engines import population as popmod
+from bnnctl.engines.config import TrainConfig
+from bnnctl.errors import UsageError
+from bnnctl.evaluate import check_arch, metrics_of
+from bnnctl.evaluate.likelihood import for_task
 from bnnctl.store import DTYPES, Store
 
-OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("constant", "cosine", "step")
-EVAL_CHUNK = 2048
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """How each model of a population is trained. ``weight_decay`` is coupled L2 on the
-    mean loss, as in ``torch.optim``: it corresponds to a Gaussian prior of precision
-    ``N * weight_decay`` on the summed log-likelihood of N training points."""
-
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    epochs: int = 50
-    batch_size: int = 128
-    schedule: str = "constant"
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS:
-            raise UsageError(f"unknown optimizer {self.optimizer!r}; choose from {', '.join(OPTIMIZERS)}")
-        if self.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}")
-        for name in ("lr", "epochs", "batch_size"):
-            if not getattr(self, name) > 0:
-                raise UsageError(f"{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise UsageError("weight decay must be >= 0 and momentum in [0, 1)")
-        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise UsageError("nesterov needs --optimizer sgd with momentum > 0")
-
-    def lr_at(self, epoch: int) -> float:
-        """Learning rate of an epoch: constant; cosine from lr to 0 over the epochs; or
-        step, ×0.1 at 50 % and again at 75 % of the epochs."""
-        if self.schedule == "cosine":
-            return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
-        if self.schedule == "step":
-            return self.lr * 0.1 ** ((epoch >= self.epochs // 2) + (epoch >= (3 * self.epochs) // 4))
-        return self.lr
-
-    def make_optimizer(self, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-        """The torch.optim optimizer; on stacked params it is exactly one per model."""
-        if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
-        return torch.optim.SGD(
-            params, lr=self.lr, momentum=self.momentum, nesterov=self.nesterov,
-            weight_decay=self.weight_decay, foreach=True,
-        )
+#: Largest seed: model ids and block names print it in 6+ digits; Python ints are exact.
+MAX_SEED = 2**62
 
 
 @dataclass(frozen=True)
@@ -100,44 +50,22 @@ class Population:
         object.__setattr__(self, "sha256", self._digest(with_dtype=True))
 
     def _digest(self, with_dtype: bool) -> str:
-        desc = {"arch": self.arch.to_json(), "config": asdict(self.config), "data": self.dataset.sha256}
+        desc = {
+            "arch": self.arch.to_json(),
+            "config": asdict(self.config),
+            "data": self.dataset.sha256,
+        }
         if with_dtype:
             desc["dtype"] = self.dtype
-        return hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+        return popmod.digest(desc)
 
     def generator(self, seed: int) -> torch.Generator:
         """Model ``seed``'s own random stream: init first, then one permutation per epoch.
         Independent of the stored dtype: a float16 population holds the float32 one, rounded."""
-        digest = hashlib.sha256(f"{self._digest(with_dtype=False)}:{seed}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        return popmod.generator(self._digest(with_dtype=False), seed)
 
     def model_id(self, seed: int) -> str:
         return f"{self.name}.{seed:06d}"
-
-
-def check_arch(arch: ArchSpec, ds: Dataset) -> None:
-    if arch.widths[0] != ds.n_features:
-        raise UsageError(f"{arch.name} takes {arch.widths[0]} inputs but {ds.name} has {ds.n_features} features")
-    ok = {ds.n_outputs} | ({1} if ds.n_classes == 2 else set())
-    if arch.widths[-1] not in ok:
-        what = f"{ds.n_classes} classes" if ds.task == "classification" else f"{ds.n_outputs} targets"
-        raise UsageError(f"{arch.name} has {arch.widths[-1]} outputs but {ds.name} has {what}")
-
-
-def outputs(arch: ArchSpec, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Outputs ``[M, N, out]`` of stacked models on shared inputs, in chunks of points."""
-    with torch.no_grad():
-        return torch.cat([arch.forward(flat, x[i : i + EVAL_CHUNK]) for i in range(0, len(x), EVAL_CHUNK)], 1)
-
-
-def metrics_of(arch: ArchSpec, lik, flat: torch.Tensor, ds: Dataset) -> dict[str, np.ndarray]:
-    """Train and test metrics ``{train_acc: [M], ...}`` of stacked models."""
-    out = {}
-    for split in ("train", "test"):
-        x, y = torch.from_numpy(getattr(ds, f"x_{split}")), torch.from_numpy(getattr(ds, f"y_{split}"))
-        for k, v in evaluate(lik, outputs(arch, flat, x), y).items():
-            out[f"{split}_{k}"] = v.double().numpy()
-    return out
 
 
 def train_models(
@@ -233,11 +161,9 @@ def make_population(
     """Validate a population request (before anything touches a store)."""
     arch = arch or ArchSpec(dataset.default_arch_widths())
     check_arch(arch, dataset)
-    name = name or dataset.name
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", name):
-        raise UsageError(f"population name {name!r} may use letters, digits, '_', '.', '-' only")
+    name = popmod.check_name(name or dataset.name)
     if dtype not in DTYPES:
-        raise UsageError(f"unknown dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+        raise UsageError.choice("dtype", dtype, DTYPES)
     return Population(name, arch, config, dataset, dtype)
 
 
@@ -250,11 +176,7 @@ class TrainResult:
 
 def plan(store: Store, pop: Population, seeds: Iterable[int]) -> list[int]:
     """The requested seeds not yet committed; refuses a population of another config."""
-    mine = store.population(pop.name)
-    if not mine.empty:
-        other = mine[mine["config_sha256"] != pop.sha256]
-        if not other.empty:
-            raise ConflictError(describe_conflict(pop, other.iloc[0]))
+    mine = popmod.existing_rows(store, pop.name, pop.sha256, lambda r: describe_conflict(pop, r))
     done = set(mine["seed"].dropna().astype(int))
     return [s for s in seeds if s not in done]
 
@@ -275,7 +197,7 @@ def describe_conflict(pop: Population, row: pd.Series) -> str:
 
 
 def train(
-    store: Store,
+    store: Store | str,
     dataset: Dataset,
     config: TrainConfig = TrainConfig(),
     seeds: Iterable[int] = range(8),
@@ -287,13 +209,20 @@ def train(
     progress: Callable[[int], None] | None = None,
 ) -> TrainResult:
     """Train ``seeds`` of a population into ``store``, skipping those already committed.
-    ``progress(n)`` is called as model-epochs complete (n at a time)."""
+    Every argument is checked before anything is written; ``store`` may be a path or URL,
+    then opened (created) only after the checks. ``progress(n)`` is called as model-epochs
+    complete (n at a time)."""
     pop = make_population(dataset, config, arch, population, dtype)
-    if block_size < 1 or jobs < 1:
-        raise UsageError("block size and jobs must be positive")
+    for name, value in (("block_size", block_size), ("jobs", jobs)):
+        if value < 1:
+            raise UsageError(f"{name} must be at least 1, got {value}", name)
     seeds = list(seeds)
-    if any(s < 0 for s in seeds):
-        raise UsageError("seeds must be non-negative")
+    if not seeds:
+        raise UsageError("no seeds requested", "seeds")
+    if min(seeds) < 0 or max(seeds) > MAX_SEED:
+        raise UsageError(f"seeds must be in 0 .. {MAX_SEED}", "seeds")
+    if not isinstance(store, Store):
+        store = Store.open(store, create=True)
     todo = plan(store, pop, seeds)
     blocks = [todo[i : i + block_size] for i in range(0, len(todo), block_size)]
     if not blocks:

@@ -1,0 +1,42 @@
+"""`bnnctl ls`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from bnnctl.cli.common import (
+    DEFAULT_STORE,
+    FormatFlag,
+    RowFormat,
+    StoreOpt,
+    WhereOpt,
+    command,
+    emit_rows,
+)
+from bnnctl.store import Store
+from bnnctl.store.manifest import pick_columns, query
+
+
+@command("ls")
+def ls_cmd(
+    where: WhereOpt = None,
+    columns: Annotated[
+        str | None, typer.Option("--columns", "-c", help="Comma-separated columns, or 'all'.")
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option("--sort", "-s", help="Sort by a column; prefix '-' for descending."),
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", "-l", help="At most this many rows.")] = None,
+    fmt: Annotated[RowFormat, FormatFlag] = RowFormat.table,
+    store: StoreOpt = DEFAULT_STORE,
+) -> None:
+    """List checkpoints in the manifest, filtered, sorted and formatted.
+
+    Example: bnnctl ls --where "test_acc > 0.97" --sort -test_acc --limit 5 --format csv
+    """
+    df = query(Store.open(store).manifest(), where, sort, limit)
+    cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+    emit_rows(df if fmt is RowFormat.ids else pick_columns(df, cols), fmt.value)

@@ -1,0 +1,30 @@
+"""`bnnctl verify`."""
+
+from __future__ import annotations
+
+import typer
+
+from bnnctl.cli.common import DEFAULT_STORE, QuietOpt, StoreOpt, command, log
+from bnnctl.store import Store
+
+
+@command("verify")
+def verify_cmd(store: StoreOpt = DEFAULT_STORE, quiet: QuietOpt = False) -> None:
+    """Re-hash every checkpoint the manifest names and check manifest, arrays and schema.
+
+    Prints one line per problem (model id, where, what) and exits 1 if there is any.
+    Arrays that no manifest row names (leftovers of interrupted runs) are listed on stderr
+    but are not problems.
+
+    Example: bnnctl verify --store runs.zarr
+    """
+    st = Store.open(store)
+    problems = st.verify()
+    for p in problems:
+        typer.echo(f"{p.model_id or '-'}\t{p.where}\t{p.message}")
+    if problems:
+        log(quiet, f"{len(problems)} problem(s) in {st.url}")
+        raise typer.Exit(1)
+    for path in st.orphan_arrays():
+        log(quiet, f"note: {path} is named by no manifest row (left by an interrupted run)")
+    log(quiet, f"ok: {len(st.manifest())} checkpoints verified in {st.url}")

@@ -1,0 +1,68 @@
+"""What every engine shares about a population: its name, its identity (a hash of
+everything its rows depend on), each member's own random stream, and the refusal to
+extend a population with another configuration.
+
+A population is a named set of rows made with one configuration. Member ``k``'s random
+stream is seeded by (configuration digest, ``k``) alone, so member ``k`` is the same
+whatever block or process makes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from bnnctl.errors import ConflictError, UsageError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+    from bnnctl.store import Store
+
+#: Population names (and so model-id prefixes): letters, digits, '_', '.', '-', not
+#: starting with '.' or '-' (safe as file and folder names, and in shell pipelines).
+NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+
+
+def check_name(name: str) -> str:
+    """``name`` if it is a valid population name, else a :class:`UsageError`."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise UsageError(
+            f"population name {name!r} may use letters, digits, '_', '.', '-' only "
+            "(and may not start with '.' or '-')"
+        )
+    return name
+
+
+def name_from(text: str, fallback: str) -> str:
+    """A valid population name made from free text (e.g. a folder name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text).lstrip(".-") or fallback
+
+
+def digest(description: Any) -> str:
+    """sha256 of a JSON-able description, keys sorted: a configuration's identity."""
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()
+
+
+def generator(config_digest: str, index: int) -> torch.Generator:
+    """Member ``index``'s own random stream, from the configuration digest alone."""
+    import torch
+
+    seed = hashlib.sha256(f"{config_digest}:{index}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(seed[:8], "little") >> 1)
+
+
+def existing_rows(
+    store: Store, name: str, config_digest: str, describe: Callable[[pd.Series], str]
+) -> pd.DataFrame:
+    """The population's committed rows; a :class:`ConflictError` (worded by
+    ``describe(row)``) when any of them was made with another configuration."""
+    mine = store.population(name)
+    other = mine[mine["config_sha256"] != config_digest]
+    if not other.empty:
+        raise ConflictError(describe(other.iloc[0]))
+    return mine

@@ -1,0 +1,65 @@
+"""Batched evaluation of stacked models, shared by every engine and by stats.
+
+- :mod:`.likelihood`: categorical and Gaussian likelihoods with their gradients.
+- :mod:`.metrics`: accuracy, NLL, ECE, Brier, RMSE of predictions.
+- here: the checks and batched outputs that engines and stats share.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bnnctl.arch import ArchSpec
+from bnnctl.data import Dataset
+from bnnctl.errors import UsageError
+from bnnctl.evaluate.likelihood import Categorical, Gaussian
+from bnnctl.evaluate.metrics import evaluate
+
+#: Points per forward pass when evaluating stacked models on a dataset.
+EVAL_CHUNK = 2048
+#: Models per forward in :func:`predict`: one big first-layer gemm (faster than 256 here).
+MODEL_BATCH = 1024
+
+
+def check_arch(arch: ArchSpec, ds: Dataset) -> None:
+    """Refuse an architecture whose input or output width does not fit the data."""
+    if arch.widths[0] != ds.n_features:
+        raise UsageError(
+            f"{arch.name} takes {arch.widths[0]} inputs but {ds.name} has {ds.n_features} features"
+        )
+    ok = {ds.n_outputs} | ({1} if ds.n_classes == 2 else set())
+    if arch.widths[-1] not in ok:
+        what = (
+            f"{ds.n_classes} classes" if ds.task == "classification" else f"{ds.n_outputs} targets"
+        )
+        raise UsageError(f"{arch.name} has {arch.widths[-1]} outputs but {ds.name} has {what}")
+
+
+def outputs(arch: ArchSpec, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Outputs ``[M, N, out]`` of stacked models on shared inputs, in chunks of points."""
+    with torch.no_grad():
+        chunks = range(0, len(x), EVAL_CHUNK)
+        return torch.cat([arch.forward(flat, x[i : i + EVAL_CHUNK]) for i in chunks], 1)
+
+
+def predict(
+    arch: ArchSpec, params: np.ndarray, x: np.ndarray, batch: int = MODEL_BATCH
+) -> torch.Tensor:
+    """Outputs ``[M, N, out]`` of stacked models given as numpy, ``batch`` models at a time."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    starts = range(0, len(params), batch)
+    return torch.cat([outputs(arch, torch.from_numpy(params[s : s + batch]), xt) for s in starts])
+
+
+def metrics_of(
+    arch: ArchSpec, lik: Categorical | Gaussian, flat: torch.Tensor, ds: Dataset
+) -> dict[str, np.ndarray]:
+    """Train and test metrics ``{train_acc: [M], ...}`` of stacked models."""
+    out = {}
+    for split in ("train", "test"):
+        x = torch.from_numpy(getattr(ds, f"x_{split}"))
+        y = torch.from_numpy(getattr(ds, f"y_{split}"))
+        for k, v in evaluate(lik, outputs(arch, flat, x), y).items():
+            out[f"{split}_{k}"] = v.double().numpy()
+    return out

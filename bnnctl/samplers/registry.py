@@ -1,0 +1,13 @@
+"""Every sampler module, by the methods it implements (from each module's ``DEFAULTS``)."""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from bnnctl.samplers import hmc, laplace, mc_dropout, sgmcmc, swag, vi
+
+REGISTRY: dict[str, ModuleType] = {
+    method: module
+    for module in (sgmcmc, hmc, vi, laplace, swag, mc_dropout)
+    for method in module.DEFAULTS
+}

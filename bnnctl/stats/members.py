@@ -1,0 +1,123 @@
+"""Members of a selection re-evaluated on their stored data, and the reports built on them."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bnnctl.arch import ArchSpec
+from bnnctl.data import Dataset
+from bnnctl.errors import UsageError
+from bnnctl.evaluate import predict
+from bnnctl.evaluate.likelihood import Categorical
+from bnnctl.evaluate.metrics import classification
+from bnnctl.stats.measures import bma, bma_curve, pair_indices, pairwise_diversity
+from bnnctl.stats.ood import builtin_ood, detection_metrics, load_ood, ood_scores
+from bnnctl.stats.summary import describe
+from bnnctl.store import Store
+
+# --- selections from the store ------------------------------------------------------------
+
+
+@dataclass
+class Members:
+    """Models of one architecture and dataset, evaluated on its stored test data."""
+
+    rows: pd.DataFrame
+    arch: ArchSpec
+    data: Dataset
+    params: np.ndarray
+    out: torch.Tensor  # test outputs [M, N, out]
+    seconds: float
+
+    @property
+    def classification(self) -> bool:
+        return self.data.task == "classification"
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return Categorical().probs(self.out)
+
+    def outputs_on(self, x: np.ndarray) -> torch.Tensor:
+        return predict(self.arch, self.params, x)
+
+
+def one_group(rows: pd.DataFrame, what: str) -> None:
+    """Refuse a selection that mixes architectures or datasets, or lacks stored data."""
+    if rows.empty:
+        raise UsageError(f"{what}: the selection is empty")
+    if rows["arch"].nunique() > 1 or rows["data_sha256"].nunique() > 1:
+        groups = rows.groupby(["arch_name", "dataset"]).size()
+        desc = ", ".join(f"{a} on {d} ({n})" for (a, d), n in groups.items())
+        raise UsageError(f"{what} needs one architecture and one dataset; the selection has {desc}; narrow it with --where")
+    if rows["data"].isna().any():
+        raise UsageError(f"{what}: the selected rows have no data stored in the store to evaluate on")
+
+
+def evaluate_members(store: Store, rows: pd.DataFrame, what: str = "evaluation", pool: Members | None = None) -> Members:
+    """Read and run the selected models on their population's stored test data (taken
+    from ``pool`` when it already evaluated all of them)."""
+    one_group(rows, what)
+    if pool is not None and rows["arch"].iloc[0] == pool.arch.to_json() and rows["data"].iloc[0] == pool.rows["data"].iloc[0]:
+        pos = pd.Series(np.arange(len(pool.rows)), index=pool.rows["model_id"].to_numpy())
+        if rows["model_id"].isin(pos.index).all():
+            idx = pos.loc[rows["model_id"]].to_numpy().copy()
+            return Members(rows, pool.arch, pool.data, pool.params[idx], pool.out[torch.from_numpy(idx)], 0.0)
+    t0 = time.perf_counter()
+    arch = ArchSpec.from_json(rows["arch"].iloc[0])
+    data = store.load_data(rows["data"].iloc[0])
+    params = store.read_params(rows)
+    out = predict(arch, params, data.x_test)
+    return Members(rows, arch, data, params, out, time.perf_counter() - t0)
+
+
+def evaluation_report(mem: Members) -> dict:
+    """Size, speed and the largest gap between re-evaluated and recorded metrics."""
+    y = torch.from_numpy(mem.data.y_test)
+    if mem.classification:
+        got = {k: v for k, v in classification(mem.probs, y).items() if k in ("acc", "nll")}
+    else:
+        got = {"rmse": ((mem.out - y) ** 2).sum(-1).mean(-1).sqrt()}
+    diffs = {}
+    for k, v in got.items():
+        rec = mem.rows[f"test_{k}"].to_numpy(dtype=float, na_value=np.nan)
+        ok = ~np.isnan(rec)
+        diffs[k] = float(np.abs(v.double().numpy()[ok] - rec[ok]).max()) if ok.any() else None
+    m = len(mem.rows)
+    return {
+        "arch": mem.arch.name, "dataset": mem.data.name, "n_members": m, "n_test": int(len(y)),
+        "seconds": mem.seconds, "models_per_s": m / max(mem.seconds, 1e-9), "max_abs_diff_vs_manifest": diffs,
+    }
+
+
+def ensemble_report(mem: Members, pairs: int = 1000, seed: int = 0) -> tuple[dict, dict]:
+    """BMA metrics, BMA curve and pairwise diversity; also the per-pair arrays."""
+    y = torch.from_numpy(mem.data.y_test)
+    if not mem.classification:
+        mean = mem.out.mean(0)
+        rmse = float(((mean - y) ** 2).sum(-1).mean().sqrt())
+        return {"bma": {"rmse": rmse}, "curve": [], "diversity": None}, {}
+    p = mem.probs
+    i, j = pair_indices(len(p), pairs, seed)
+    mi, dis = pairwise_diversity(p, i, j) if len(i) else (np.zeros(0), np.zeros(0))
+    div = None if not len(i) else {
+        "n_pairs": int(len(i)), "mutual_information": describe(mi), "disagreement": describe(dis)}
+    rep = {"bma": bma(p, y), "curve": bma_curve(p, y, seed), "diversity": div}
+    return rep, {"mi": mi, "disagreement": dis}
+
+
+def ood_report(mem: Members, ood: str) -> dict:
+    if not mem.classification:
+        raise UsageError("OOD detection scores need a classification task")
+    if ood == "builtin":
+        x, source = builtin_ood(mem.data)
+    else:
+        x, source = load_ood(ood, mem.arch.widths[0]), str(ood)
+    s_in = ood_scores(mem.probs)
+    s_out = ood_scores(Categorical().probs(mem.outputs_on(x)))
+    scores = {k: detection_metrics(s_in[k], s_out[k]) for k in s_in}
+    return {"source": source, "n_in": int(len(mem.data.x_test)), "n_out": int(len(x)), "scores": scores}

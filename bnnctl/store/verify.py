@@ -1,0 +1,116 @@
+"""Checks of a whole store: every row re-hashed, manifest <-> arrays <-> JSON Schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
+import pyarrow as pa
+import zarr
+
+from bnnctl.arch import ArchSpec
+from bnnctl.store.manifest import INT_TYPES, read_table
+from bnnctl.store.schema import json_schema
+
+if TYPE_CHECKING:
+    from bnnctl.store.store import Store
+
+
+@dataclass
+class Problem:
+    """One inconsistency found by :func:`verify`."""
+
+    model_id: str | None
+    where: str
+    message: str
+
+
+def verify(store: Store) -> list[Problem]:
+    """Re-hash every row named by the manifest and check manifest <-> arrays and the
+    JSON Schema. Returns the problems found (empty when the store is sound)."""
+    from jsonschema import Draft202012Validator
+
+    from bnnctl.store.store import row_sha256
+
+    problems: list[Problem] = []
+    tables = []
+    for f in store.manifest_files():
+        try:
+            tables.append(read_table(store.fs, f))
+        except Exception as e:
+            problems.append(Problem(None, Path(f).name, str(e)))
+    if not tables:
+        return problems
+    table = pa.concat_tables(tables, promote_options="default")
+    validator = Draft202012Validator(json_schema())
+    for rec in table.to_pylist():
+        rec["created_at"] = rec["created_at"].isoformat() if rec["created_at"] else None
+        for err in validator.iter_errors(rec):
+            where = "/".join(map(str, err.absolute_path)) or "row"
+            problems.append(Problem(rec.get("model_id"), f"schema:{where}", err.message))
+    df = table.to_pandas(types_mapper=INT_TYPES.get)
+    for mid in df.loc[df["model_id"].duplicated(), "model_id"]:
+        problems.append(Problem(mid, "manifest", "model_id appears more than once"))
+    for mid in df.loc[df.duplicated(["array", "row"]), "model_id"]:
+        problems.append(Problem(mid, "manifest", "(array, row) is named by another row too"))
+    for path, sub in df.groupby("array", sort=False):
+        problems += _verify_array(store, str(path), sub, row_sha256)
+    for path, sub in df.dropna(subset=["data"]).groupby("data", sort=False):
+        problems += _verify_data(store, str(path), sub)
+    return problems
+
+
+def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> list[Problem]:
+    try:
+        arr = store.group[path]
+        data = arr[:]
+    except Exception as e:
+        return [
+            Problem(m, path, f"params array unreadable: {type(e).__name__}: {e}")
+            for m in sub["model_id"]
+        ]
+    problems = []
+    for rec in sub.itertuples():
+        if rec.row >= data.shape[0] or data.shape[1] != rec.n_params or str(data.dtype) != rec.dtype:
+            problems.append(
+                Problem(
+                    rec.model_id,
+                    path,
+                    f"row {rec.row} / shape {data.shape} dtype {data.dtype} disagree with the manifest",
+                )
+            )
+            continue
+        layout = [t.to_json() for t in ArchSpec.from_json(rec.arch).layout]
+        if arr.attrs.get("layout") != layout:
+            problems.append(Problem(rec.model_id, path, "array layout attr disagrees with arch"))
+        if row_sha256(data[rec.row]) != rec.sha256:
+            problems.append(
+                Problem(rec.model_id, path, f"row {rec.row}: sha256 mismatch (corrupted data)")
+            )
+    return problems
+
+
+def _verify_data(store: Store, path: str, sub: pd.DataFrame) -> list[Problem]:
+    try:
+        sha = store.load_data(path).sha256
+    except Exception as e:
+        return [Problem(sub["model_id"].iloc[0], path, f"dataset unreadable: {e}")]
+    bad = sub[sub["data_sha256"] != sha]
+    return [
+        Problem(m, path, "dataset content hash disagrees with the manifest")
+        for m in bad["model_id"]
+    ]
+
+
+def orphan_arrays(store: Store) -> list[str]:
+    """Params arrays no manifest row names: leftovers of interrupted runs, which the
+    same command reuses when re-run. Harmless to readers; listed by ``verify``."""
+    try:
+        members = store.group["params"].members(max_depth=None)
+    except KeyError:
+        return []
+    named = set(store.manifest()["array"])
+    paths = (f"params/{k}" for k, v in members if isinstance(v, zarr.Array))
+    return sorted(p for p in paths if p not in named)

@@ -1,0 +1,141 @@
+"""Scaling and sign normalisation: the minimum-L2 point of each positive-scaling orbit
+(block Gauss-Seidel over layers, closed form per layer), unit-norm scaling, and signs
+for odd activations."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from bnnctl.arch import ArchSpec
+from bnnctl.errors import CheckError, UsageError
+from bnnctl.symmetry.action import flip_, reduce_except, scale_, unit_mass
+from bnnctl.symmetry.transform import SCALE_MAX_SWEEPS, SCALE_TOL, mass_tensors
+
+# --- scaling --------------------------------------------------------------------------
+
+
+@dataclass
+class _Role:
+    """A weight matrix as the scaling solver sees it: its squares, and which group's
+    log-scales act on its rows (incoming side) and columns (outgoing side)."""
+
+    q: torch.Tensor
+    row: int | None
+    col: int | None
+
+    def __post_init__(self) -> None:
+        # a side with no scales (inputs, outputs) is a constant: sum it once
+        self.row_sums = self.q.sum(2) if self.col is None else None
+        self.col_sums = self.q.sum(1) if self.row is None else None
+
+
+def _roles(arch: ArchSpec, v: dict[str, torch.Tensor]) -> list[_Role]:
+    groups = arch.unit_groups()
+    roles = []
+    for name in mass_tensors(arch):
+        row = [i for i, g in enumerate(groups) for n, a in g.incoming if n == name]
+        col = [i for i, g in enumerate(groups) for n, a in g.outgoing if n == name]
+        axes = {a for g in groups for n, a in g.incoming if n == name} | {
+            a + 10 for g in groups for n, a in g.outgoing if n == name
+        }
+        if len(row) > 1 or len(col) > 1 or not axes <= {0, 11}:
+            raise UsageError(
+                f"scaling needs units on weight rows (in) and columns (out); {name} is not"
+            )
+        roles.append(_Role(v[name].pow(2), row[0] if row else None, col[0] if col else None))
+    return roles
+
+
+def _weighted(role: _Role, s: list[torch.Tensor], side: str) -> torch.Tensor:
+    """Σ_i Q[j,i]·exp(−2 s_col[i]) (side 'in') or Σ_k Q[k,j]·exp(2 s_row[k]) ('out')."""
+    if side == "in":
+        if role.row_sums is not None:
+            return role.row_sums
+        return matvec(role.q, torch.exp(-2 * s[role.col]))
+    if role.col_sums is not None:
+        return role.col_sums
+    return vecmat(torch.exp(2 * s[role.row]), role.q)
+
+
+def matvec(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-model ``a[m] @ x[m]`` for ``a [M, n, k]``, ``x [M, k]`` (broadcast-multiply and
+    sum: on CPU ~2.5x faster than a batched matrix-vector bmm)."""
+    return (a * x.unsqueeze(1)).sum(2)
+
+
+def vecmat(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """Per-model ``x[m] @ a[m]`` for ``x [M, n]``, ``a [M, n, k]``."""
+    return (a * x.unsqueeze(2)).sum(1)
+
+
+def l2_log_scales(
+    arch: ArchSpec, flat: torch.Tensor, tol: float = SCALE_TOL, max_sweeps: int = SCALE_MAX_SWEEPS
+) -> tuple[list[torch.Tensor], int]:
+    """Log-scales ``[M, n_l]`` per hidden layer that minimise the L2 mass, and the
+    number of sweeps. Each sweep sets every layer in turn to its exact optimum given
+    the others, ``s_j = ¼ log(OUT_j / IN_j)``; units with no incoming or no outgoing
+    weight mass (no unique optimum) keep scale 1. Raises CheckError if not converged."""
+    v = arch.views(flat)
+    groups, roles = arch.unit_groups(), _roles(arch, v)
+    s = [torch.zeros(flat.shape[0], g.size, dtype=flat.dtype) for g in groups]
+    for sweep in range(1, max_sweeps + 1):
+        moved = 0.0
+        for gi in range(len(groups)):
+            inn = sum(_weighted(r, s, "in") for r in roles if r.row == gi)
+            out = sum(_weighted(r, s, "out") for r in roles if r.col == gi)
+            ok = (inn > 0) & (out > 0)
+            new = torch.where(ok, 0.25 * (out.log() - inn.log()), s[gi])
+            moved = max(moved, float((new - s[gi]).abs().max()))
+            s[gi] = new
+        if moved <= tol:
+            return s, sweep
+    raise CheckError(f"scaling solve did not converge to {tol:g} in {max_sweeps} sweeps")
+
+
+def balance(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
+    """Per hidden layer ``[M, n]``: log(incoming / outgoing counted mass) of each unit;
+    zero at the L2 optimum (the gradient of the mass in log-scales is 2·(in − out))."""
+    v, counted = arch.views(flat), set(mass_tensors(arch))
+    return [
+        (unit_mass(v, g, "in", counted).log() - unit_mass(v, g, "out", counted).log())
+        for g in arch.unit_groups()
+    ]
+
+
+def scale_l2_(
+    arch: ArchSpec, flat: torch.Tensor, tol: float = SCALE_TOL
+) -> tuple[list[torch.Tensor], int]:
+    """Move ``flat`` in place to the minimum-L2-mass point of its scaling orbit."""
+    s, sweeps = l2_log_scales(arch, flat, tol)
+    v = arch.views(flat)
+    for g, sg in zip(arch.unit_groups(), s, strict=True):
+        scale_(v, g, sg)
+    return s, sweeps
+
+
+def scale_unitnorm_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
+    """Scale each unit's incoming weight vector to L2 norm 1, layer by layer from the
+    input (so each layer sees its inputs already normalised). Zero vectors stay."""
+    v, counted, out = arch.views(flat), set(mass_tensors(arch)), []
+    for g in arch.unit_groups():
+        norm = unit_mass(v, g, "in", counted).sqrt()
+        s = torch.where(norm > 0, -norm.log(), torch.zeros_like(norm))
+        scale_(v, g, s)
+        out.append(s)
+    return out
+
+
+# --- signs ----------------------------------------------------------------------------
+
+
+def signs_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
+    """Flip units (odd activations) so that Σ_i W[j,i] + b_j ≥ 0, layer by layer."""
+    v, out = arch.views(flat), []
+    for g in arch.unit_groups():
+        total = sum(reduce_except(v[n], a, "sum") for n, a in g.incoming)
+        sign = torch.where(total < 0, -1.0, 1.0).to(flat.dtype)
+        flip_(v, g, sign)
+        out.append(sign)
+    return out

@@ -1,0 +1,96 @@
+"""Permutation removal: sort each hidden layer's units by a per-unit key, layer by layer
+from the input, carrying each permutation into the next layer."""
+
+from __future__ import annotations
+
+import torch
+
+from bnnctl.arch import ArchSpec, UnitGroup
+from bnnctl.symmetry.action import permute_, unit_mass, unit_rows
+from bnnctl.symmetry.scaling import matvec
+from bnnctl.symmetry.transform import DEFAULT_KEY, KEY_QUANTUM, PC_SQUARINGS, PC_STEPS, TIE_RTOL, mass_tensors
+
+# --- sorting --------------------------------------------------------------------------
+
+
+def unit_keys(v: dict[str, torch.Tensor], group: UnitGroup, key: str, counted: set[str]):
+    """Primary and tie-break keys ``[M, n]`` of a layer's units."""
+    bias = [v[n] for n, a in group.incoming if v[n].dim() == 2]
+    w_in = [(v[n], a) for n, a in group.incoming if n in counted]
+    tie = bias[0] if bias else unit_mass(v, group, "in", counted)
+    if key == "mass":
+        return unit_mass(v, group, "in", counted) + unit_mass(v, group, "out", counted), tie
+    if key == "pc":
+        return principal_key(torch.cat([unit_rows(w, a) for w, a in w_in], 2)), tie
+    w, a = w_in[0]
+    rows = w.movedim(a + 1, 1).flatten(2)  # [M, n, fan_in]
+    if key == "weight0":
+        return rows[:, :, 0], tie
+    if key == "mean":
+        return rows.mean(2), tie
+    return rows.median(2).values, tie
+
+
+def principal_key(
+    u: torch.Tensor, steps: int | None = None, squarings: int | None = None
+) -> torch.Tensor:
+    """``[M, n]`` projections ``u_j · d`` of the units' incoming vectors ``u [M, n, k]`` on
+    ``d = normalise(A^(2^squarings · steps) · 1)``, ``A = uᵀu``: power iteration from the
+    all-ones vector towards the layer's leading principal direction (0 steps is the
+    paper's mean key, up to a factor). ``A`` is unchanged by permuting or sign-flipping
+    units, so ``d`` and the key are invariants for any number of steps, continuous in
+    the weights, with no eigen-solver sign ambiguity. ``A`` is squared (normalised)
+    ``squarings`` times with batched matmuls, then ``steps`` matrix-vector steps, in
+    float32; the projection is taken in ``u``'s precision, so identical units stay
+    exactly tied."""
+    u32 = u.float()
+    a = torch.bmm(u32.transpose(1, 2), u32)
+    for _ in range(PC_SQUARINGS if squarings is None else squarings):
+        a = a / a.norm(dim=(1, 2), keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+        a = torch.bmm(a, a)
+    d = torch.ones(u.shape[0], u.shape[2], dtype=torch.float32)
+    for _ in range(PC_STEPS if steps is None else steps):
+        d = matvec(a, d)
+        d = d / d.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    return matvec(u, d.to(u.dtype))
+
+
+def quantise(key: torch.Tensor, rel: float = KEY_QUANTUM) -> torch.Tensor:
+    """Round keys to ``rel`` × the layer's max |key|, so that keys equal up to float
+    rounding (structural ties, e.g. all incoming norms 1 in unitnorm mode) compare
+    equal and fall through to the tie-break key instead of to rounding noise."""
+    step = key.abs().amax(1, keepdim=True).mul(rel).clamp_min(torch.finfo(key.dtype).tiny)
+    return torch.round(key / step)
+
+
+def sort_order(primary: torch.Tensor, tie: torch.Tensor) -> torch.Tensor:
+    """``[M, n]`` permutation sorting units by (primary, tie) descending, stably; both
+    keys are compared after :func:`quantise`."""
+    primary, tie = quantise(primary), quantise(tie)
+    o2 = torch.sort(tie, dim=1, descending=True, stable=True).indices
+    o1 = torch.sort(torch.gather(primary, 1, o2), dim=1, descending=True, stable=True).indices
+    return torch.gather(o2, 1, o1)
+
+
+def near_ties(sorted_keys: torch.Tensor, rtol: float = TIE_RTOL) -> torch.Tensor:
+    """``[M]`` number of adjacent sorted keys within ``rtol`` × the layer's max |key|."""
+    gaps = (sorted_keys[:, :-1] - sorted_keys[:, 1:]).abs()
+    scale = sorted_keys.abs().amax(1, keepdim=True)
+    return (gaps <= rtol * scale).sum(1)
+
+
+def sort_(
+    arch: ArchSpec, flat: torch.Tensor, key: str = DEFAULT_KEY
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Sort each hidden layer's units in place, layer by layer from the input (each
+    layer's permutation is applied to the next layer's inputs before its keys are
+    taken). Returns the permutations and the near-tie count per model."""
+    v, counted = arch.views(flat), set(mass_tensors(arch))
+    perms, ties = [], torch.zeros(flat.shape[0], dtype=torch.int64)
+    for g in arch.unit_groups():
+        primary, tie = unit_keys(v, g, key, counted)
+        perm = sort_order(primary, tie)
+        ties += near_ties(torch.gather(primary, 1, perm))
+        permute_(v, g, perm)
+        perms.append(perm)
+    return perms, ties
