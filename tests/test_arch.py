@@ -10,37 +10,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from bnnctl.arch import ACTIVATIONS, ArchSpec
+from bnnctl.arch import ArchSpec
+from bnnctl.testing.reference import build_module
+from bnnctl.testing.strategies import archs
 from bnnctl.errors import UsageError
 from bnnctl.evaluate.likelihood import Categorical, Gaussian, two_class_logits
-
-ACT_MODULES = {
-    "relu": torch.nn.ReLU,
-    "leaky_relu": lambda: torch.nn.LeakyReLU(0.01),
-    "tanh": torch.nn.Tanh,
-    "gelu": torch.nn.GELU,
-}
-
-
-def build_module(arch: ArchSpec) -> torch.nn.Sequential:
-    """The plain PyTorch network the spec describes, written independently of arch.py."""
-    layers: list[torch.nn.Module] = []
-    for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
-        layers.append(torch.nn.Linear(a, b))
-        if i < len(arch.widths) - 2:
-            layers.append(ACT_MODULES[arch.activation]())
-            if arch.dropout:
-                layers.append(torch.nn.Dropout(arch.dropout))
-    return torch.nn.Sequential(*layers)
-
-
-archs = st.builds(
-    ArchSpec,
-    widths=st.lists(st.integers(1, 7), min_size=2, max_size=5).map(tuple),
-    activation=st.sampled_from(sorted(ACTIVATIONS)),
-    dropout=st.sampled_from([0.0, 0.25]),
-)
-
 
 @given(archs)
 @settings(max_examples=40, deadline=None)

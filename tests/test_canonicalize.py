@@ -22,7 +22,7 @@ from bnnctl.engines.canonicalize import canonicalize
 from bnnctl.symmetry.modes import count_modes
 from bnnctl.cli.common import app
 from bnnctl.errors import CheckError
-from tests.test_symmetry import nn_outputs
+from bnnctl.testing.reference import outputs as nn_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -208,7 +208,7 @@ def _with_block(path: Path, name: str, params: np.ndarray, arch: ArchSpec, **ext
     ("setup", "args", "code", "msg"),
     [
         (None, ["--symmetries", "perm,rotate"], 2, "unknown symmetry rotate"),
-        (None, ["--key", "first"], 2, "unknown sort key"),
+        (None, ["--key", "first"], 2, "'first' is not one of"),
         (None, ["--scale-mode", "l1"], 2, "unknown scale mode"),
         (None, ["--where", "seed > 99"], 2, "selection is empty"),
         (None, ["--where", "seed >"], 2, "bad --where"),

@@ -17,7 +17,8 @@ from bnnctl import ArchSpec, Store
 from bnnctl.arch import modules as models
 from bnnctl.cli.common import app
 from bnnctl.errors import ConflictError, DataError, UsageError
-from bnnctl.export import export, import_folder, infer_arch
+from bnnctl.engines.importer import import_folder, infer_arch
+from bnnctl.export import export
 from bnnctl.store import row_sha256
 
 runner = CliRunner()

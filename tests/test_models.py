@@ -11,16 +11,9 @@ import torch
 from hypothesis import given, settings
 
 from bnnctl.arch import modules as models
-from bnnctl.arch import ACTIVATIONS, ArchSpec
+from bnnctl.arch import ArchSpec
 from bnnctl.errors import DataError
-
-archs = st.builds(
-    ArchSpec,
-    widths=st.lists(st.integers(1, 6), min_size=2, max_size=5).map(tuple),
-    activation=st.sampled_from(sorted(ACTIVATIONS)),
-    dropout=st.sampled_from([0.0, 0.25]),
-)
-
+from bnnctl.testing.strategies import archs
 
 @settings(max_examples=30, deadline=None)
 @given(arch=archs, seed=st.integers(0, 2**31 - 1))

@@ -177,7 +177,7 @@ def test_divergent_chains_are_reported_not_stored(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "nuts"], "unknown method"),
+    (["--method", "nuts"], "'nuts' is not one of"),
     (["--samples", 0], "--samples"),
     (["--prior-var", -1], "--prior-var"),
     (["--step-size", -0.1], "--step-size"),

@@ -17,7 +17,9 @@ import torch
 from bnnctl.arch import ArchSpec
 from bnnctl.data import validate
 from bnnctl.samplers.posterior import LogPosterior, prior_var_from_weight_decay
-from bnnctl.samplers import SamplerConfig, build, load_state, save_state
+from bnnctl.samplers import METHODS, SamplerConfig, build
+from bnnctl.samplers.registry import REGISTRY
+from bnnctl.samplers.base import load_state, save_state
 from bnnctl.samplers.laplace import diag_curvature
 from bnnctl.samplers.mc_dropout import apply_masks, masks
 
@@ -318,7 +320,19 @@ def test_mc_dropout_draw_is_the_masked_network():
 # --- the face: batching, resuming ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method", ["sgld", "sghmc", "hmc", "mfvi", "swag"])
+#: Methods that take update steps (Laplace and MC dropout have a step size of 0: no steps).
+STEPPING = [m for m, mod in REGISTRY.items() if mod.DEFAULTS[m]["step_size"] > 0]
+
+
+def test_registry_holds_every_method_with_the_same_face():
+    assert tuple(REGISTRY) == METHODS
+    for method, module in REGISTRY.items():
+        assert callable(module.build) and set(module.DEFAULTS[method]) == {"step_size", "burn_in"}
+        cfg = SamplerConfig(method)
+        assert (cfg.step_size, cfg.burn_in) == tuple(module.DEFAULTS[method].values())
+
+
+@pytest.mark.parametrize("method", STEPPING)
 def test_chains_together_equal_chains_alone_and_resume(method):
     """M chains at once give each chain's own trajectory; a state saved and restored
     mid-run continues exactly as the uninterrupted run."""

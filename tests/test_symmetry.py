@@ -12,55 +12,15 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnnctl.arch import ACTIVATIONS, ArchSpec
+from bnnctl.arch import ArchSpec
 from bnnctl.errors import UsageError
+from bnnctl.testing.reference import outputs as nn_outputs
+from bnnctl.testing.strategies import networks
 from bnnctl.symmetry.action import flip_, l2_mass, permute_, scale_
 from bnnctl.symmetry.canonical import canonicalize
 from bnnctl.symmetry.matching import weight_match
 from bnnctl.symmetry.sorting import near_ties, sort_order
 from bnnctl.symmetry.transform import KEYS, Transform, make_transform
-
-ACTS = {
-    "relu": torch.nn.ReLU,
-    "leaky_relu": lambda: torch.nn.LeakyReLU(0.01),
-    "tanh": torch.nn.Tanh,
-    "gelu": torch.nn.GELU,
-}
-
-
-def torch_module(arch: ArchSpec, row: torch.Tensor) -> torch.nn.Sequential:
-    """The model as a plain torch.nn.Sequential (the reference implementation)."""
-    mods = []
-    for i in range(arch.n_layers):
-        mods.append(torch.nn.Linear(arch.widths[i], arch.widths[i + 1], dtype=row.dtype))
-        if i < arch.n_layers - 1:
-            mods.append(ACTS[arch.activation]())
-            if arch.dropout > 0:
-                mods.append(torch.nn.Dropout(arch.dropout))
-    net = torch.nn.Sequential(*mods).eval()
-    net.load_state_dict(arch.state_dict(row))
-    return net
-
-
-def nn_outputs(arch: ArchSpec, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.stack([torch_module(arch, r)(x) for r in flat])
-
-
-@st.composite
-def networks(draw, activations=tuple(ACTIVATIONS)):
-    """A random MLP arch and M stacked float64 parameter rows."""
-    depth = draw(st.integers(1, 3))
-    widths = (
-        [draw(st.integers(1, 5))]
-        + [draw(st.integers(1, 6)) for _ in range(depth)]
-        + [draw(st.integers(1, 4))]
-    )
-    arch = ArchSpec(tuple(widths), draw(st.sampled_from(activations)))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31)))
-    m = draw(st.integers(1, 3))
-    return arch, torch.randn(m, arch.n_params, generator=gen, dtype=torch.float64), gen
-
 
 def random_symmetry(arch: ArchSpec, flat: torch.Tensor, gen: torch.Generator, syms) -> torch.Tensor:
     """g·θ for a random g of the arch's group (permutations, scales in e^±1.5, signs)."""

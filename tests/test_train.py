@@ -10,7 +10,7 @@ import torch
 from bnnctl import ArchSpec, Store, TrainConfig, train
 from bnnctl.errors import ConflictError, UsageError
 from bnnctl.engines.train import Population, train_models
-from tests.test_arch import build_module
+from bnnctl.testing.reference import build_module
 
 SMALL = ArchSpec((64, 16, 12, 10))
 

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import bnnctl.where
+import bnnctl.store.where
 from bnnctl.errors import UsageError
-from bnnctl.where import check_where, select
+from bnnctl.store.where import check_where, select
 
 STRING_DTYPES = [pd.StringDtype(), "str", object]
 STR_COLS = ["model_id", "kind", "method", "population", "parent_id"]
@@ -148,7 +148,7 @@ def test_examples_agree_with_df_query(df, where):
 
 
 def test_docstring_examples_are_tested():
-    doc = bnnctl.where.__doc__
+    doc = bnnctl.store.where.__doc__
     lines = [ln.strip() for ln in doc.split("Examples::")[1].splitlines() if ln.strip()]
     assert lines and all(ln in EXAMPLES for ln in lines)
 

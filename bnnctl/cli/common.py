@@ -19,6 +19,8 @@ from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer._click import exceptions as click  # typer vendors click: its errors are these
+from typer.core import TyperGroup
 from rich.console import Console
 
 from bnnctl.arch.spec import Activation
@@ -30,7 +32,32 @@ if TYPE_CHECKING:
     from bnnctl.arch import ArchSpec
     from bnnctl.data import Dataset
 
+class OneLineErrors(TyperGroup):
+    """Usage errors (unknown flag, bad value, missing argument) as one line on stderr,
+    like the library's errors, instead of click's usage block."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kw: Any) -> Any:
+        try:
+            rv = super().main(*args, standalone_mode=False, **kw)
+        except click.NoArgsIsHelpError as e:
+            e.show()
+            rv = 2
+        except click.UsageError as e:
+            if not standalone_mode:
+                raise
+            hint = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
+            typer.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
+            rv = 2
+        except click.Abort:
+            typer.echo("aborted", err=True)
+            rv = 130
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="bnnctl",
     help=(
         "Build and query datasets of thousands of neural-network checkpoints: train many "

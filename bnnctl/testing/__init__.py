@@ -1,0 +1,6 @@
+"""Support for tests of bnnctl and of code built on it (needs hypothesis and torch).
+
+- :mod:`.strategies`: hypothesis strategies for architectures and stacked weights.
+- :mod:`.reference`: plain ``torch.nn`` networks written independently of the arch spec,
+  the truth that batched computation and symmetries are checked against.
+"""
