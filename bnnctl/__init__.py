@@ -47,7 +47,17 @@ _LAZY = {
     "train": "bnnctl.engines.train",
 }
 
-__all__ = ["BnnctlError", "__version__", *_LAZY]
+__all__ = [
+    "FORMAT_VERSION",
+    "ArchSpec",
+    "BnnctlError",
+    "Dataset",
+    "Store",
+    "TrainConfig",
+    "__version__",
+    "load_dataset",
+    "train",
+]
 
 
 def __getattr__(name: str) -> Any:

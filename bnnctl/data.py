@@ -147,7 +147,9 @@ def load_dataset(name: str | None = "digits", path: str | Path | None = None) ->
         return _digits()
     if name == "moons":
         return _moons()
-    raise UsageError(f"unknown dataset {name!r}; built in: {', '.join(BUILTIN)}; or use --data PATH")
+    raise UsageError(
+        f"unknown dataset {name!r}; built in: {', '.join(BUILTIN)}; or use --data PATH"
+    )
 
 
 def _digits() -> Dataset:
@@ -155,9 +157,7 @@ def _digits() -> Dataset:
     from sklearn.model_selection import train_test_split
 
     x, y = load_digits(return_X_y=True)
-    xtr, xte, ytr, yte = train_test_split(
-        x / 16.0, y, test_size=0.2, stratify=y, random_state=0
-    )
+    xtr, xte, ytr, yte = train_test_split(x / 16.0, y, test_size=0.2, stratify=y, random_state=0)
     return validate("digits", {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte})
 
 

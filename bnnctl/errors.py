@@ -3,8 +3,8 @@ anything else reaching the CLI is a bug and surfaces as one.
 
 Each class is also the matching built-in error (a :class:`StoreNotFoundError` is a
 ``FileNotFoundError``), so library users can catch either. Errors about one argument
-name it as the library spells it (``batch_size``) and carry it as ``param``; the CLI
-shows the flag instead (``--batch-size``).
+name it in backquotes as the library spells it (```batch_size```) and carry it as
+``param``; the CLI shows the flag instead (``--batch-size``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class UsageError(BnnctlError, ValueError):
     @classmethod
     def choice(cls, param: str, value: object, allowed: Iterable[str]) -> UsageError:
         """``param`` is not one of ``allowed``."""
-        return cls(f"unknown {param} {value!r}; choose from {', '.join(allowed)}", param)
+        return cls(f"unknown `{param}` {value!r}; choose from {', '.join(allowed)}", param)
 
 
 class DataError(BnnctlError, ValueError):

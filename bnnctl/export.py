@@ -19,11 +19,11 @@ Only the ``torch`` format imports torch.
 
 from __future__ import annotations
 
-from enum import Enum
 import json
 import re
 import shutil
 import uuid
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,7 @@ from bnnctl.errors import UsageError
 from bnnctl.store import DTYPES, Store
 from bnnctl.store.manifest import select_rows
 from bnnctl.version import __version__
+
 
 class ExportFormat(str, Enum):
     """Export formats."""
@@ -73,7 +74,9 @@ def export(
     if rows.empty:
         raise UsageError("nothing to export: the selection is empty")
     if fmt == "npz" and rows["arch"].nunique() > 1:
-        raise UsageError("--to npz stacks one architecture; the selection has several (use safetensors or torch)")
+        raise UsageError(
+            "--to npz stacks one architecture; the selection has several (use safetensors or torch)"
+        )
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"export destination {out} is a file, not a folder")
@@ -107,7 +110,9 @@ def file_stem(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", model_id).lstrip(".") or "model"
 
 
-def _write(store: Store, rows: pd.DataFrame, fmt: str, folder: Path, dtype: str | None) -> list[Path]:
+def _write(
+    store: Store, rows: pd.DataFrame, fmt: str, folder: Path, dtype: str | None
+) -> list[Path]:
     params = np.empty(len(rows), dtype=object)
     for _, idx in rows.groupby("arch", sort=False).indices.items():
         block = store.read_params(rows.iloc[idx])
@@ -132,7 +137,9 @@ def _write(store: Store, rows: pd.DataFrame, fmt: str, folder: Path, dtype: str 
 
                 modules.save(arch, row, path)
             files.append(path)
-    meta = rows.assign(file=[f.name for f in files] if fmt != "npz" else files[0].name, export_dtype=dtypes)
+    meta = rows.assign(
+        file=[f.name for f in files] if fmt != "npz" else files[0].name, export_dtype=dtypes
+    )
     meta.to_parquet(folder / "metadata.parquet", index=False)
     (folder / "README.md").write_text(model_card(meta, fmt))
     return [*files, folder / "metadata.parquet", folder / "README.md"]
@@ -141,20 +148,35 @@ def _write(store: Store, rows: pd.DataFrame, fmt: str, folder: Path, dtype: str 
 def _write_safetensors(arch: ArchSpec, row: np.ndarray, rec, path: Path) -> None:
     from safetensors.numpy import save_file
 
-    tensors = {t.name: np.ascontiguousarray(row[t.offset : t.offset + t.size].reshape(t.shape)) for t in arch.layout}
-    meta = {"format": "pt", "model_id": rec.model_id, "arch": arch.to_json(), "sha256": rec.sha256,
-            "stored_dtype": rec.dtype, "dtype": str(row.dtype), "bnnctl_version": __version__}
+    tensors = {
+        t.name: np.ascontiguousarray(row[t.offset : t.offset + t.size].reshape(t.shape))
+        for t in arch.layout
+    }
+    meta = {
+        "format": "pt",
+        "model_id": rec.model_id,
+        "arch": arch.to_json(),
+        "sha256": rec.sha256,
+        "stored_dtype": rec.dtype,
+        "dtype": str(row.dtype),
+        "bnnctl_version": __version__,
+    }
     save_file(tensors, str(path), metadata=meta)
 
 
 def _write_npz(rows: pd.DataFrame, params: np.ndarray, dtypes: list[str], folder: Path) -> Path:
     if len(set(dtypes)) > 1:
-        raise UsageError("--to npz needs one dtype; the selection mixes float16 and float32 rows: pass --dtype")
+        raise UsageError(
+            "--to npz needs one dtype; the selection mixes float16 and float32 rows: pass --dtype"
+        )
     arch = ArchSpec.from_json(rows["arch"].iloc[0])
     path = folder / "models.npz"
     np.savez(
-        path, params=params.astype(dtypes[0]), model_id=rows["model_id"].to_numpy(dtype=str),
-        sha256=rows["sha256"].to_numpy(dtype=str), arch=np.array(arch.to_json()),
+        path,
+        params=params.astype(dtypes[0]),
+        model_id=rows["model_id"].to_numpy(dtype=str),
+        sha256=rows["sha256"].to_numpy(dtype=str),
+        arch=np.array(arch.to_json()),
         layout=np.array(json.dumps([t.to_json() for t in arch.layout])),
     )
     return path
@@ -165,11 +187,15 @@ def model_card(meta: pd.DataFrame, fmt: str) -> str:
     archs = ", ".join(sorted(set(meta["arch_name"])))
     datasets = ", ".join(sorted(set(meta["dataset"])))
     acc = meta["test_acc"].dropna().astype(float) if "test_acc" in meta else pd.Series(dtype=float)
-    acc_line = f"- test accuracy: median {acc.median():.4f}, min {acc.min():.4f}, max {acc.max():.4f}\n" if len(acc) else ""
+    acc_line = (
+        f"- test accuracy: median {acc.median():.4f}, min {acc.min():.4f}, max {acc.max():.4f}\n"
+        if len(acc)
+        else ""
+    )
     load = {
-        "safetensors": "from safetensors.torch import load_file\nnet.load_state_dict(load_file(\"<model_id>.safetensors\"))",
-        "torch": "net.load_state_dict(torch.load(\"<model_id>.pt\", weights_only=True))",
-        "npz": "z = np.load(\"models.npz\", allow_pickle=False)  # params [n, P], model_id, layout (JSON)",
+        "safetensors": 'from safetensors.torch import load_file\nnet.load_state_dict(load_file("<model_id>.safetensors"))',  # noqa: E501
+        "torch": 'net.load_state_dict(torch.load("<model_id>.pt", weights_only=True))',
+        "npz": 'z = np.load("models.npz", allow_pickle=False)  # params [n, P], model_id, layout (JSON)',  # noqa: E501
     }[fmt]
     return f"""---
 library_name: bnnctl

@@ -20,8 +20,8 @@ import time
 import numpy as np
 import torch
 
-from bnnctl import ArchSpec, TrainConfig, load_dataset
 import bnnctl.engines.canonicalize as engine
+from bnnctl import ArchSpec, TrainConfig, load_dataset
 from bnnctl.engines.canonicalize import transform_block
 from bnnctl.symmetry.action import l2_mass
 from bnnctl.symmetry.canonical import canonicalize
@@ -163,7 +163,7 @@ def main() -> None:
     flat = random_models(arch, a.n)
     t = make_transform(arch, ["perm", "scale"])
     print(
-        f"# {a.n} x {arch.name} relu, perm+scale (key {t.key}, l2) + check on {len(x)} test points, "
+        f"# {a.n} x {arch.name} relu, perm+scale (key {t.key}, l2) + check on {len(x)} test points, "  # noqa: E501
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
 
@@ -222,7 +222,7 @@ def main() -> None:
     )
     best = {c: min(t[0] for t in ts) for c, ts in times.items()}
     print(
-        f"speed-up, check on 1 thread, key {t.key}, vs plain: {best['plain', 1] / nb * a.n / best[t.key, 1]:.1f}x "
+        f"speed-up, check on 1 thread, key {t.key}, vs plain: {best['plain', 1] / nb * a.n / best[t.key, 1]:.1f}x "  # noqa: E501
         f"(wall); max |plain - vectorised| weight {agree:.2e}"
     )
 

@@ -25,11 +25,11 @@ import json
 import time
 
 import torch
+from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, load_dataset
-from bnnctl.samplers.posterior import LogPosterior
 from bnnctl.samplers import SamplerConfig, build
-from roofline import sgemm_gflops  # scripts/roofline.py
+from bnnctl.samplers.posterior import LogPosterior
 
 
 def flops_per_eval(arch: ArchSpec, points: int) -> float:
@@ -91,10 +91,10 @@ def plain_rate(arch: ArchSpec, ds, method: str, chains: int, updates: int, leapf
     return evals / (time.perf_counter() - t0)
 
 
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes (for the test suite)")
     ap.add_argument("--method", default="sghmc", choices=["sgld", "sghmc", "hmc"])
     ap.add_argument("--chains", type=int, default=64)
@@ -107,7 +107,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     ds = load_dataset("digits")
     arch = ArchSpec((64, 128, 128, 10))
-    chains, updates, single = (4, 2, 1) if args.quick else (args.chains, args.updates, args.single_updates)
+    chains, updates, single = (
+        (4, 2, 1) if args.quick else (args.chains, args.updates, args.single_updates)
+    )
     leapfrog = 2 if args.quick else 5
     if args.method == "hmc":
         updates, single = max(1, updates // leapfrog), max(1, single // leapfrog)
@@ -125,22 +127,34 @@ def main() -> None:
     peak = sgemm_gflops(512 if args.quick else 2048, 3 if args.quick else 20)
     gflops = together * flops_per_eval(arch, points) / 1e9
     out = {
-        "method": args.method, "chains": chains, "arch": arch.name, "points_per_eval": points,
+        "method": args.method,
+        "chains": chains,
+        "arch": arch.name,
+        "points_per_eval": points,
         "plain_one_at_a_time_evals_per_s": round(plain, 1),
-        "bnnctl_one_at_a_time_evals_per_s": round(lone, 1), "together_evals_per_s": round(together, 1),
-        "speedup": round(together / plain, 2), "speedup_vs_bnnctl_single": round(together / lone, 2), "together_gflops": round(gflops, 1),
-        "sgemm_gflops": round(peak, 1), "roofline_fraction": round(gflops / peak, 3),
-        "threads": torch.get_num_threads(), "one_at_a_time_wall_s": round(lone_wall, 2),
+        "bnnctl_one_at_a_time_evals_per_s": round(lone, 1),
+        "together_evals_per_s": round(together, 1),
+        "speedup": round(together / plain, 2),
+        "speedup_vs_bnnctl_single": round(together / lone, 2),
+        "together_gflops": round(gflops, 1),
+        "sgemm_gflops": round(peak, 1),
+        "roofline_fraction": round(gflops / peak, 3),
+        "threads": torch.get_num_threads(),
+        "one_at_a_time_wall_s": round(lone_wall, 2),
     }
     if args.json:
         print(json.dumps(out))
         return
-    print(f"{args.method} on digits {arch.name}, {chains} chains, {points} points per gradient, "
-          f"{out['threads']} threads")
+    print(
+        f"{args.method} on digits {arch.name}, {chains} chains, {points} points per gradient, "
+        f"{out['threads']} threads"
+    )
     print(f"  (a)  one at a time, nn.Module + autograd : {plain:9.1f} grad evals/s")
     print(f"  (a') one at a time, bnnctl sampler M=1   : {lone:9.1f} grad evals/s")
-    print(f"  (b)  together, bnnctl sampler M={chains:<3}     : {together:9.1f} grad evals/s  "
-          f"({gflops:.1f} GFLOP/s, {100 * gflops / peak:.0f} % of sgemm {peak:.0f} GFLOP/s)")
+    print(
+        f"  (b)  together, bnnctl sampler M={chains:<3}     : {together:9.1f} grad evals/s  "
+        f"({gflops:.1f} GFLOP/s, {100 * gflops / peak:.0f} % of sgemm {peak:.0f} GFLOP/s)"
+    )
     print(f"  speedup b/a  : {together / plain:6.2f} x")
     print(f"  speedup b/a' : {together / lone:6.2f} x")
 

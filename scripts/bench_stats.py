@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, Store, load_dataset
 from bnnctl.arch import modules as models
 from bnnctl.stats.report import compute
-from roofline import sgemm_gflops  # scripts/roofline.py
 
 
 def fill(path: Path, n: int, arch: ArchSpec) -> Store:
@@ -37,13 +37,25 @@ def fill(path: Path, n: int, arch: ArchSpec) -> Store:
     for s in range(0, n, 64):
         seeds = range(s, min(n, s + 64))
         params = np.stack([arch.init(torch.Generator().manual_seed(k)).numpy() for k in seeds])
-        rows = [{"model_id": f"bench.{k:06d}", "kind": "train", "method": "init", "population": "bench",
-                 "seed": k, "dataset": "digits", "task": "classification", "data": data,
-                 "data_sha256": ds.sha256, "config_sha256": "0" * 64} for k in seeds]
-        st.commit_block(f"params/bench/b{s:06d}", params, "float32", arch, rows, f"train-bench-{s:06d}")
+        rows = [
+            {
+                "model_id": f"bench.{k:06d}",
+                "kind": "train",
+                "method": "init",
+                "population": "bench",
+                "seed": k,
+                "dataset": "digits",
+                "task": "classification",
+                "data": data,
+                "data_sha256": ds.sha256,
+                "config_sha256": "0" * 64,
+            }
+            for k in seeds
+        ]
+        st.commit_block(
+            f"params/bench/b{s:06d}", params, "float32", arch, rows, f"train-bench-{s:06d}"
+        )
     return st
-
-
 
 
 def loop_rate(st: Store, arch: ArchSpec, x: np.ndarray, n: int) -> float:
@@ -60,7 +72,9 @@ def loop_rate(st: Store, arch: ArchSpec, x: np.ndarray, n: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="16 models, 50 pairs: a smoke run for tests")
+    ap.add_argument(
+        "--quick", action="store_true", help="16 models, 50 pairs: a smoke run for tests"
+    )
     ap.add_argument("--models", type=int, default=3072)
     ap.add_argument("--pairs", type=int, default=1000)
     ap.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -74,19 +88,36 @@ def main() -> None:
         fill_s = time.perf_counter() - t0
         st = Store.open(st.url)
         t0 = time.perf_counter()
-        rep, _ = compute(st, ensemble=True, pairs=args.pairs,
-                               compare_exprs=(f"seed < {n // 2}", f"seed >= {n // 2}"))
+        rep, _ = compute(
+            st,
+            ensemble=True,
+            pairs=args.pairs,
+            compare_exprs=(f"seed < {n // 2}", f"seed >= {n // 2}"),
+        )
         total = time.perf_counter() - t0
         ev = rep["evaluation"]
         data = st.load_data(st.manifest()["data"].iloc[0])
         loop = loop_rate(st, arch, data.x_test, min(n, 64))
-    flops = 2 * n * ev["n_test"] * sum(a * b for a, b in zip(arch.widths, arch.widths[1:], strict=False))
+    flops = (
+        2
+        * n
+        * ev["n_test"]
+        * sum(a * b for a, b in zip(arch.widths, arch.widths[1:], strict=False))
+    )
     peak = sgemm_gflops(2048, 5)
     out = {
-        "models": n, "arch": arch.name, "n_test": ev["n_test"], "pairs": rep["ensemble"]["diversity"]["n_pairs"],
-        "fill_s": fill_s, "stats_total_s": total, "eval_s": ev["seconds"], "eval_models_per_s": ev["models_per_s"],
-        "loop_models_per_s": loop, "speedup_vs_loop": ev["models_per_s"] / loop,
-        "eval_gflops": flops / ev["seconds"] / 1e9, "sgemm_gflops": peak,
+        "models": n,
+        "arch": arch.name,
+        "n_test": ev["n_test"],
+        "pairs": rep["ensemble"]["diversity"]["n_pairs"],
+        "fill_s": fill_s,
+        "stats_total_s": total,
+        "eval_s": ev["seconds"],
+        "eval_models_per_s": ev["models_per_s"],
+        "loop_models_per_s": loop,
+        "speedup_vs_loop": ev["models_per_s"] / loop,
+        "eval_gflops": flops / ev["seconds"] / 1e9,
+        "sgemm_gflops": peak,
         "roofline_fraction": flops / ev["seconds"] / 1e9 / peak,
         "mmd_n": [rep["compare"]["mmd"]["before"]["n_a"], rep["compare"]["mmd"]["before"]["n_b"]],
         "target_s": 30.0,
@@ -94,10 +125,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"stats on {n} x {arch.name}: {total:.2f} s total (target < 30 s for 3072); evaluation "
-              f"{ev['models_per_s']:.0f} models/s ({out['speedup_vs_loop']:.1f}x the nn.Module loop's "
-              f"{loop:.0f}/s; {out['eval_gflops']:.0f} GFLOP/s = {out['roofline_fraction']:.0%} of sgemm "
-              f"{peak:.0f}); {out['pairs']} MI pairs; MMD on {out['mmd_n']} models", file=sys.stderr)
+        print(
+            f"stats on {n} x {arch.name}: {total:.2f} s total (target < 30 s for 3072); evaluation "
+            f"{ev['models_per_s']:.0f} models/s ({out['speedup_vs_loop']:.1f}x the nn.Module loop's "  # noqa: E501
+            f"{loop:.0f}/s; {out['eval_gflops']:.0f} GFLOP/s = {out['roofline_fraction']:.0%} of sgemm "  # noqa: E501
+            f"{peak:.0f}); {out['pairs']} MI pairs; MMD on {out['mmd_n']} models",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":

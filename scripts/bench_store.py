@@ -44,12 +44,16 @@ def timed(fn, reps: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--models", type=int, default=64)
     args = ap.parse_args()
     m, epochs = (4, 1) if args.quick else (args.models, 50)
-    pop = Population("bench", ArchSpec((64, 128, 128, 10)), TrainConfig(epochs=epochs), load_dataset("digits"))
+    pop = Population(
+        "bench", ArchSpec((64, 128, 128, 10)), TrainConfig(epochs=epochs), load_dataset("digits")
+    )
     params = train_models(pop, list(range(m)))[0].numpy()
     rng = np.random.default_rng(0)
     results = {}
@@ -57,18 +61,28 @@ def main() -> None:
         for name, codec in CODECS.items():
             for dtype in ("float32", "float16"):
                 path = Path(tmp) / f"{name}-{dtype}"
-                arr = zarr.create_array(str(path), shape=params.shape, dtype=dtype, chunks=(1, params.shape[1]),
-                                        shards=params.shape, compressors=codec)
+                arr = zarr.create_array(
+                    str(path),
+                    shape=params.shape,
+                    dtype=dtype,
+                    chunks=(1, params.shape[1]),
+                    shards=params.shape,
+                    compressors=codec,
+                )
                 arr[:] = params.astype(dtype)
                 reader = zarr.open_array(str(path), mode="r")
                 whole = timed(lambda r=reader: r[:], 5 if args.quick else 20)
                 one = timed(lambda r=reader: r[int(rng.integers(m))], 20 if args.quick else 200)
                 results[(name, dtype)] = (folder_bytes(path), whole, one)
-    print(f"{m} trained models x {params.shape[1]} params; relative to uncompressed of the same dtype")
+    print(
+        f"{m} trained models x {params.shape[1]} params; relative to uncompressed of the same dtype"
+    )
     print(f"{'codec':>22} {'dtype':>8} {'size':>7} {'read all':>9} {'read one':>9} {'ms/one':>7}")
     for (name, dtype), (size, whole, one) in results.items():
         base = results[("none", dtype)]
-        print(f"{name:>22} {dtype:>8} {size / base[0]:7.3f} {whole / base[1]:9.2f} {one / base[2]:9.2f} {one * 1e3:7.2f}")
+        print(
+            f"{name:>22} {dtype:>8} {size / base[0]:7.3f} {whole / base[1]:9.2f} {one / base[2]:9.2f} {one * 1e3:7.2f}"  # noqa: E501
+        )
 
 
 if __name__ == "__main__":

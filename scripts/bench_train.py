@@ -21,10 +21,10 @@ import tempfile
 import time
 
 import torch
+from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
 from bnnctl.engines.train import Population, train_models
-from roofline import sgemm_gflops  # scripts/roofline.py
 
 
 def flops_per_model_epoch(arch: ArchSpec, n: int) -> float:
@@ -59,10 +59,10 @@ def plain_loop(arch: ArchSpec, cfg: TrainConfig, ds, n_models: int) -> float:
     return n_models / (time.perf_counter() - t0)
 
 
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--quick", action="store_true", help="tiny sizes (for the test suite)")
     ap.add_argument("--models", type=int, default=256, help="models for bnnctl's trainer")
     ap.add_argument("--plain-models", type=int, default=8, help="models for the plain loop")
@@ -80,7 +80,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         store = Store.open(f"{tmp}/bench.zarr", create=True)
         t0 = time.perf_counter()
-        res = train(store, ds, cfg, range(n_models), arch, block_size=args.block_size, jobs=args.jobs)
+        res = train(
+            store, ds, cfg, range(n_models), arch, block_size=args.block_size, jobs=args.jobs
+        )
         ours = n_models / (time.perf_counter() - t0)
         acc = float(res.rows["test_acc"].median())
     peak = sgemm_gflops(512 if args.quick else 4096, 2 if args.quick else 10)

@@ -11,10 +11,11 @@ import torch
 from hypothesis import given, settings
 
 from bnnctl.arch import ArchSpec
-from bnnctl.testing.reference import build_module
-from bnnctl.testing.strategies import archs
 from bnnctl.errors import UsageError
 from bnnctl.evaluate.likelihood import Categorical, Gaussian, two_class_logits
+from bnnctl.testing.reference import build_module
+from bnnctl.testing.strategies import archs
+
 
 @given(archs)
 @settings(max_examples=40, deadline=None)
@@ -42,14 +43,23 @@ def test_forward_matches_modules_and_backward_matches_autograd(arch, m, b, share
     out = arch.forward(flat, x)
     torch.testing.assert_close(out, torch.stack(ref), rtol=1e-10, atol=1e-10)
     # backward vs autograd, through model-major and layer-major parameters
-    y = torch.randint(0, arch.widths[-1], (b,)) if arch.widths[-1] > 1 else torch.randint(0, 2, (b,))
+    y = (
+        torch.randint(0, arch.widths[-1], (b,))
+        if arch.widths[-1] > 1
+        else torch.randint(0, 2, (b,))
+    )
     masks = None
     if arch.dropout:
-        masks = [torch.bernoulli(torch.full((m, b, w), 0.75, dtype=torch.float64)) / 0.75 for w in arch.widths[1:-1]]
+        masks = [
+            torch.bernoulli(torch.full((m, b, w), 0.75, dtype=torch.float64)) / 0.75
+            for w in arch.widths[1:-1]
+        ]
     leaf = flat.clone().requires_grad_(True)
     auto_out = arch.forward(leaf, x, dropout_masks=masks)
     logits = two_class_logits(auto_out)
-    ce = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.repeat(m), reduction="sum")
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), y.repeat(m), reduction="sum"
+    )
     ce.backward()
     _, dout = Categorical().nll_and_grad(auto_out.detach(), y)
     keep = []
@@ -87,13 +97,20 @@ def test_likelihood_gradients_match_autograd_of_torch_losses():
     # a single logit is binary logistic regression
     z, yb = torch.randn(1, 6, 1, dtype=torch.float64), torch.randint(0, 2, (6,))
     nll, _ = Categorical().nll_and_grad(z, yb)
-    ref = torch.nn.functional.binary_cross_entropy_with_logits(z[0, :, 0], yb.double(), reduction="sum")
+    ref = torch.nn.functional.binary_cross_entropy_with_logits(
+        z[0, :, 0], yb.double(), reduction="sum"
+    )
     torch.testing.assert_close(nll[0], ref)
 
 
 @pytest.mark.parametrize(
     "text,err",
-    [("mlp:64", "cannot parse"), ("cnn:3-4", "cannot parse"), ("mlp:0-3", "positive"), ("mlp:4-x-2", "cannot parse")],
+    [
+        ("mlp:64", "cannot parse"),
+        ("cnn:3-4", "cannot parse"),
+        ("mlp:0-3", "positive"),
+        ("mlp:4-x-2", "cannot parse"),
+    ],
 )
 def test_bad_arch_is_a_usage_error(text, err):
     with pytest.raises(UsageError, match=err):
@@ -108,4 +125,6 @@ def test_unknown_activation_and_symmetries():
     assert ArchSpec((2, 3, 1), "gelu").symmetries == ("perm",)
     groups = ArchSpec((4, 3, 2, 1)).unit_groups()
     assert [g.size for g in groups] == [3, 2]
-    assert groups[1].incoming == (("2.weight", 0), ("2.bias", 0)) and groups[1].outgoing == (("4.weight", 1),)
+    assert groups[1].incoming == (("2.weight", 0), ("2.bias", 0)) and groups[1].outgoing == (
+        ("4.weight", 1),
+    )

@@ -11,16 +11,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_bench_train_quick():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--quick", "--json"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_train.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["bnnctl_models_per_s"] > 0 and out["plain_models_per_s"] > 0 and out["sgemm_gflops"] > 0
+    assert (
+        out["bnnctl_models_per_s"] > 0 and out["plain_models_per_s"] > 0 and out["sgemm_gflops"] > 0
+    )
     assert 0 < out["roofline_fraction"] < 1.5
 
 
 def test_bench_store_quick():
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_store.py"), "--quick"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_store.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "zstd-3" in r.stdout and "none" in r.stdout
+
+
+def test_bench_cli_quick():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_cli.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["baseline_s"] > 0 and out["ls_s"] > 0 and out["ls_ratio"] > 0

@@ -18,10 +18,10 @@ from typer.testing import CliRunner
 
 import bnnctl.engines.canonicalize as engine
 from bnnctl import ArchSpec, Store, TrainConfig, train
-from bnnctl.engines.canonicalize import canonicalize
-from bnnctl.symmetry.modes import count_modes
 from bnnctl.cli.common import app
+from bnnctl.engines.canonicalize import canonicalize
 from bnnctl.errors import CheckError
+from bnnctl.symmetry.modes import count_modes
 from bnnctl.testing.reference import outputs as nn_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,9 +209,9 @@ def _with_block(path: Path, name: str, params: np.ndarray, arch: ArchSpec, **ext
     [
         (None, ["--symmetries", "perm,rotate"], 2, "unknown symmetry rotate"),
         (None, ["--key", "first"], 2, "'first' is not one of"),
-        (None, ["--scale-mode", "l1"], 2, "unknown scale mode"),
+        (None, ["--scale-mode", "l1"], 2, "'l1' is not one of"),
         (None, ["--where", "seed > 99"], 2, "selection is empty"),
-        (None, ["--where", "seed >"], 2, "bad --where"),
+        (None, ["--where", "seed >"], 2, "--where: syntax error"),
         (None, ["--align-to", "nope.000001"], 2, "no model 'nope.000001'"),
         (
             "tanh",

@@ -32,8 +32,12 @@ def write_npz(path, **arrays):
 
 
 def good_arrays(rng=np.random.default_rng(0)):
-    return dict(x_train=rng.normal(size=(20, 3)), y_train=np.arange(20) % 3,
-                x_test=rng.normal(size=(6, 3)), y_test=np.arange(6) % 3)
+    return dict(
+        x_train=rng.normal(size=(20, 3)),
+        y_train=np.arange(20) % 3,
+        x_test=rng.normal(size=(6, 3)),
+        y_test=np.arange(6) % 3,
+    )
 
 
 def test_npz_classification_and_regression(tmp_path):
@@ -55,7 +59,10 @@ def test_npz_classification_and_regression(tmp_path):
         (lambda a: a.update(x_test=np.zeros((6, 4))), "features"),
         (lambda a: a.update(y_train=np.arange(19) % 3), "rows"),
         (lambda a: a.update(y_train=np.array(["a"] * 20)), "integer labels or real"),
-        (lambda a: a.update(y_train=np.zeros(20, dtype=int), y_test=np.zeros(6, dtype=int)), "two classes"),
+        (
+            lambda a: a.update(y_train=np.zeros(20, dtype=int), y_test=np.zeros(6, dtype=int)),
+            "two classes",
+        ),
     ],
 )
 def test_bad_npz_is_rejected_with_a_clear_message(tmp_path, change, msg):

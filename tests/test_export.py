@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from bnnctl import ArchSpec, Store
 from bnnctl.arch import modules as models
 from bnnctl.cli.common import app
-from bnnctl.errors import ConflictError, DataError, UsageError
 from bnnctl.engines.importer import import_folder, infer_arch
+from bnnctl.errors import ConflictError, DataError, UsageError
 from bnnctl.export import export
 from bnnctl.store import row_sha256
 
@@ -27,8 +27,13 @@ ARCH = ArchSpec((64, 32, 32, 10))
 
 def plain_net() -> torch.nn.Sequential:
     """The trained_store's architecture, written by hand without bnnctl."""
-    return torch.nn.Sequential(torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 32),
-                               torch.nn.ReLU(), torch.nn.Linear(32, 10))
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 32),
+        torch.nn.ReLU(),
+        torch.nn.Linear(32, 10),
+    )
 
 
 def test_safetensors_export_loads_into_plain_modules(trained_store, tmp_path, digits):
@@ -37,10 +42,14 @@ def test_safetensors_export_loads_into_plain_modules(trained_store, tmp_path, di
     files = export(st, man, "safetensors", tmp_path / "out")
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{m}.safetensors" for m in man["model_id"]] + ["metadata.parquet", "README.md"])
+        [f"{m}.safetensors" for m in man["model_id"]] + ["metadata.parquet", "README.md"]
+    )
     assert set(files) == set(out.iterdir())
     meta = pd.read_parquet(out / "metadata.parquet")
-    assert list(meta["model_id"]) == list(man["model_id"]) and (meta["file"] == meta["model_id"] + ".safetensors").all()
+    assert (
+        list(meta["model_id"]) == list(man["model_id"])
+        and (meta["file"] == meta["model_id"] + ".safetensors").all()
+    )
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: bnnctl") and "mlp:64-32-32-10" in card
     params = st.read_params(man)
@@ -50,7 +59,9 @@ def test_safetensors_export_loads_into_plain_modules(trained_store, tmp_path, di
         for net in (plain_net(), models.build(ARCH)):
             net.load_state_dict(sd)
             with torch.no_grad():
-                torch.testing.assert_close(net(x), ARCH.forward(torch.from_numpy(params[k])[None], x)[0])
+                torch.testing.assert_close(
+                    net(x), ARCH.forward(torch.from_numpy(params[k])[None], x)[0]
+                )
 
 
 def test_round_trips_keep_sha256(store_copy, tmp_path):
@@ -59,13 +70,17 @@ def test_round_trips_keep_sha256(store_copy, tmp_path):
     for fmt in ("safetensors", "torch"):
         export(st, man, fmt, tmp_path / fmt)
         res = import_folder(st, tmp_path / fmt, _digits(), population=f"back_{fmt}")
-        assert len(res.rows) == 8 and res.skipped == 0 and res.dtype == "float32" and res.arch == ARCH
+        assert (
+            len(res.rows) == 8 and res.skipped == 0 and res.dtype == "float32" and res.arch == ARCH
+        )
         assert sorted(res.rows["sha256"]) == sorted(man["sha256"])
         back = res.rows.set_index("model_id")
         for r in man.itertuples():
             b = back.loc[f"back_{fmt}.{r.model_id}"]
             assert b["sha256"] == r.sha256 and b["kind"] == "import"
-            assert b["test_acc"] == pytest.approx(r.test_acc) and b["test_nll"] == pytest.approx(r.test_nll, rel=1e-5)
+            assert b["test_acc"] == pytest.approx(r.test_acc) and b["test_nll"] == pytest.approx(
+                r.test_nll, rel=1e-5
+            )
     again = import_folder(st, tmp_path / "torch", _digits(), population="back_torch")
     assert again.skipped == 8 and again.rows.empty
     assert st.verify() == []
@@ -93,9 +108,15 @@ def test_npz_export(trained_store, tmp_path):
     export(st, man, "npz", tmp_path / "npz")
     with np.load(tmp_path / "npz" / "models.npz", allow_pickle=False) as z:
         np.testing.assert_array_equal(z["params"], st.read_params(man))
-        assert list(z["model_id"]) == list(man["model_id"]) and list(z["sha256"]) == list(man["sha256"])
+        assert list(z["model_id"]) == list(man["model_id"]) and list(z["sha256"]) == list(
+            man["sha256"]
+        )
         assert ArchSpec.from_json(str(z["arch"])) == ARCH
-        assert json.loads(str(z["layout"]))[0] == {"name": "0.weight", "shape": [32, 64], "offset": 0}
+        assert json.loads(str(z["layout"]))[0] == {
+            "name": "0.weight",
+            "shape": [32, 64],
+            "offset": 0,
+        }
         assert [row_sha256(r) for r in z["params"]] == list(man["sha256"])
 
 
@@ -116,31 +137,50 @@ def test_export_refuses_non_empty_destination_without_force(trained_store, tmp_p
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    r = runner.invoke(app, ["export", "--where", "seed < 2", "--store", str(trained_store), str(out)])
+    r = runner.invoke(
+        app, ["export", "--where", "seed < 2", "--store", str(trained_store), str(out)]
+    )
     assert r.exit_code == 2 and "not empty; pass --force" in r.stderr
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
-    r = runner.invoke(app, ["export", "--where", "seed < 2", "--force", "--store", str(trained_store), str(out)])
+    r = runner.invoke(
+        app, ["export", "--where", "seed < 2", "--force", "--store", str(trained_store), str(out)]
+    )
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "README.md", "digits.000000.safetensors", "digits.000001.safetensors", "metadata.parquet"]
+        "README.md",
+        "digits.000000.safetensors",
+        "digits.000001.safetensors",
+        "metadata.parquet",
+    ]
     assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp or old folders left
 
 
 def test_export_ids_from_stdin_and_bad_selections(trained_store, tmp_path):
     s = str(trained_store)
-    r = runner.invoke(app, ["export", "--ids", "-", "--to", "npz", "--store", s, str(tmp_path / "a")],
-                      input="digits.000003\ndigits.000001\n")
+    r = runner.invoke(
+        app,
+        ["export", "--ids", "-", "--to", "npz", "--store", s, str(tmp_path / "a")],
+        input="digits.000003\ndigits.000001\n",
+    )
     assert r.exit_code == 0, r.output
     with np.load(tmp_path / "a" / "models.npz") as z:
         assert list(z["model_id"]) == ["digits.000003", "digits.000001"]
-    r = runner.invoke(app, ["export", "--ids", "-", "--store", s, str(tmp_path / "b")], input="nope\n")
+    r = runner.invoke(
+        app, ["export", "--ids", "-", "--store", s, str(tmp_path / "b")], input="nope\n"
+    )
     assert r.exit_code == 2 and "unknown model id" in r.stderr
     r = runner.invoke(app, ["export", "--where", "seed > 99", "--store", s, str(tmp_path / "c")])
     assert r.exit_code == 2 and "selects no rows" in r.stderr
     r = runner.invoke(app, ["export", "--store", s, str(tmp_path / "d")])
     assert r.exit_code == 2 and "exactly one of --where" in r.stderr
     with pytest.raises(UsageError, match="dtype"):
-        export(Store.open(trained_store), Store.open(trained_store).manifest(), "npz", tmp_path / "e", dtype="int8")
+        export(
+            Store.open(trained_store),
+            Store.open(trained_store).manifest(),
+            "npz",
+            tmp_path / "e",
+            dtype="int8",
+        )
     assert not any(p.name in ("b", "c", "d", "e") for p in tmp_path.iterdir())
 
 
@@ -171,7 +211,9 @@ def test_import_infers_arch_from_plain_modules(store_copy, tmp_path):
     nets = [plain_net() for _ in range(3)]
     for k, n in enumerate(nets):
         write_pt(folder, f"net{k}.pt", n.state_dict())
-    r = runner.invoke(app, ["import", str(folder), "--dataset", "digits", "--store", str(store_copy)])
+    r = runner.invoke(
+        app, ["import", str(folder), "--dataset", "digits", "--store", str(store_copy)]
+    )
     assert r.exit_code == 0, r.output
     assert "imported 3 models (mlp:64-32-32-10, float32)" in r.stderr
     man = Store.open(store_copy).manifest()
@@ -202,8 +244,13 @@ def test_import_mixed_shapes_names_the_file_and_writes_nothing(store_copy, tmp_p
     before = manifest_files(store_copy)
     r = runner.invoke(app, ["import", str(folder), "--store", str(store_copy)])
     assert r.exit_code == 2 and "b.pt" in r.stderr and "names do not match" in r.stderr
-    r = runner.invoke(app, ["import", str(folder), "--arch", "mlp:64-16-16-10", "--store", str(store_copy)])
-    assert r.exit_code == 2 and "a.pt: tensor 0.weight has shape (32, 64), expected (16, 64)" in r.stderr
+    r = runner.invoke(
+        app, ["import", str(folder), "--arch", "mlp:64-16-16-10", "--store", str(store_copy)]
+    )
+    assert (
+        r.exit_code == 2
+        and "a.pt: tensor 0.weight has shape (32, 64), expected (16, 64)" in r.stderr
+    )
     assert manifest_files(store_copy) == before
 
 
@@ -214,7 +261,10 @@ def test_import_refuses_truncated_safetensors(trained_store, store_copy, tmp_pat
     victim.write_bytes(victim.read_bytes()[:-100])
     before = manifest_files(store_copy)
     r = runner.invoke(app, ["import", str(tmp_path / "st"), "--store", str(store_copy)])
-    assert r.exit_code == 2 and "digits.000001.safetensors: not a readable safetensors file" in r.stderr
+    assert (
+        r.exit_code == 2
+        and "digits.000001.safetensors: not a readable safetensors file" in r.stderr
+    )
     assert manifest_files(store_copy) == before
 
 
@@ -251,7 +301,9 @@ def test_import_bad_folders_and_conflicts(store_copy, tmp_path):
     write_pt(folder, "a.pt", plain_net().state_dict())
     with pytest.raises(ConflictError, match="population 'digits' already holds train rows"):
         import_folder(Store.open(store_copy), folder, _digits(), population="digits")
-    r = runner.invoke(app, ["import", str(folder), "--dataset", "moons", "--store", str(store_copy)])
+    r = runner.invoke(
+        app, ["import", str(folder), "--dataset", "moons", "--store", str(store_copy)]
+    )
     assert r.exit_code == 2 and "takes 64 inputs but moons has 2" in r.stderr
     new_store = tmp_path / "new.zarr"
     r = runner.invoke(app, ["import", str(tmp_path / "empty"), "--store", str(new_store)])

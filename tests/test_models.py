@@ -10,10 +10,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from bnnctl.arch import modules as models
 from bnnctl.arch import ArchSpec
+from bnnctl.arch import modules as models
 from bnnctl.errors import DataError
 from bnnctl.testing.strategies import archs
+
 
 @settings(max_examples=30, deadline=None)
 @given(arch=archs, seed=st.integers(0, 2**31 - 1))

@@ -52,8 +52,23 @@ def regression_npz(tmp_path):
 
 def test_sghmc_from_prior_commits_rows(tmp_path):
     st = tmp_path / "s.zarr"
-    res = run("--method", "sghmc", "--chains", 3, "--samples", 4, "--burn-in", 5, "--thin", 2,
-              "--segment", 2, "--store", st, *TINY)
+    res = run(
+        "--method",
+        "sghmc",
+        "--chains",
+        3,
+        "--samples",
+        4,
+        "--burn-in",
+        5,
+        "--thin",
+        2,
+        "--segment",
+        2,
+        "--store",
+        st,
+        *TINY,
+    )
     assert res.exit_code == 0, res.output
     df = manifest(st)
     assert len(df) == 12 and set(df["kind"]) == {"sample"} and set(df["method"]) == {"sghmc"}
@@ -67,8 +82,26 @@ def test_sghmc_from_prior_commits_rows(tmp_path):
 
 def test_hmc_on_regression_data_records_acceptance(tmp_path, regression_npz):
     st = tmp_path / "s.zarr"
-    res = run("--method", "hmc", "--data", regression_npz, "--arch", "mlp:2-1", "--noise-std", 0.5,
-              "--chains", 4, "--samples", 5, "--burn-in", 10, "--step-size", 0.05, "--store", st)
+    res = run(
+        "--method",
+        "hmc",
+        "--data",
+        regression_npz,
+        "--arch",
+        "mlp:2-1",
+        "--noise-std",
+        0.5,
+        "--chains",
+        4,
+        "--samples",
+        5,
+        "--burn-in",
+        10,
+        "--step-size",
+        0.05,
+        "--store",
+        st,
+    )
     assert res.exit_code == 0, res.output
     assert "acceptance median" in res.output
     df = manifest(st)
@@ -77,13 +110,30 @@ def test_hmc_on_regression_data_records_acceptance(tmp_path, regression_npz):
     assert df["step_size"].gt(0).all()
 
 
-@pytest.mark.parametrize("method, step", [("sgld", 1e-4), ("sghmc", 1e-5), ("hmc", 1e-3), ("mfvi", 1e-3)])
+@pytest.mark.parametrize(
+    "method, step", [("sgld", 1e-4), ("sghmc", 1e-5), ("hmc", 1e-3), ("mfvi", 1e-3)]
+)
 def test_resume_after_a_crash_gives_the_same_samples(tmp_path, monkeypatch, method, step):
     """Killed after a segment's state is saved but before its commit, then re-run: the
     same rows, bit for bit, as an uninterrupted run (positions, momenta, step sizes,
     optimizer moments and RNG states all resume)."""
-    args = ["--method", method, "--chains", 2, "--samples", 6, "--segment", 2, "--burn-in", 3,
-            "--step-size", step, "--leapfrog", 2, *TINY]
+    args = [
+        "--method",
+        method,
+        "--chains",
+        2,
+        "--samples",
+        6,
+        "--segment",
+        2,
+        "--burn-in",
+        3,
+        "--step-size",
+        step,
+        "--leapfrog",
+        2,
+        *TINY,
+    ]
     whole = tmp_path / "whole.zarr"
     assert run(*args, "--store", whole).exit_code == 0
     crashed = tmp_path / "crashed.zarr"
@@ -97,8 +147,15 @@ def test_resume_after_a_crash_gives_the_same_samples(tmp_path, monkeypatch, meth
 
     monkeypatch.setattr(Store, "commit_block", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
-        sample(Store.open(crashed, create=True), SamplerConfig(method, step_size=step, burn_in=3, leapfrog=2),
-               samples=6, chains=2, dataset=_digits(), arch=ArchSpec((64, 8, 10)), segment=2)
+        sample(
+            Store.open(crashed, create=True),
+            SamplerConfig(method, step_size=step, burn_in=3, leapfrog=2),
+            samples=6,
+            chains=2,
+            dataset=_digits(),
+            arch=ArchSpec((64, 8, 10)),
+            segment=2,
+        )
     monkeypatch.setattr(Store, "commit_block", real)
     first = manifest(crashed)
     assert first["array"].nunique() == 1
@@ -106,8 +163,10 @@ def test_resume_after_a_crash_gives_the_same_samples(tmp_path, monkeypatch, meth
     assert res.exit_code == 0, res.output
     a, b = manifest(whole), manifest(crashed)
     assert len(b) == len(a) and b["model_id"].is_unique
-    pd.testing.assert_series_equal(a.set_index("model_id")["sha256"].sort_index(),
-                                   b.set_index("model_id")["sha256"].sort_index())
+    pd.testing.assert_series_equal(
+        a.set_index("model_id")["sha256"].sort_index(),
+        b.set_index("model_id")["sha256"].sort_index(),
+    )
     assert Store.open(crashed).verify() == []
     again = run(*args, "--store", crashed)  # complete: nothing more to do
     assert again.exit_code == 0 and len(manifest(crashed)) == len(a)
@@ -120,16 +179,43 @@ def _digits():
 
 
 def test_multi_and_single_mode_starts(store_copy):
-    res = run("--method", "laplace", "--from", "seed < 3", "--samples", 2, "--store", store_copy, "--quiet")
+    res = run(
+        "--method",
+        "laplace",
+        "--from",
+        "seed < 3",
+        "--samples",
+        2,
+        "--store",
+        store_copy,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     df = manifest(store_copy)
     lap = df[df["population"] == "digits-laplace"]
     draws = lap[lap["method"] == "laplace"]
-    assert len(draws) == 6 and set(draws["parent_id"]) == {"digits.000000", "digits.000001", "digits.000002"}
+    assert len(draws) == 6 and set(draws["parent_id"]) == {
+        "digits.000000",
+        "digits.000001",
+        "digits.000002",
+    }
     assert len(lap[lap["method"] == "laplace-std"]) == 3
     # single mode: all chains from one checkpoint
-    res = run("--method", "sghmc", "--from", "model_id == 'digits.000004'", "--chains", 3, "--samples", 1,
-              "--burn-in", 2, "--store", store_copy, "--quiet")
+    res = run(
+        "--method",
+        "sghmc",
+        "--from",
+        "model_id == 'digits.000004'",
+        "--chains",
+        3,
+        "--samples",
+        1,
+        "--burn-in",
+        2,
+        "--store",
+        store_copy,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     sg = manifest(store_copy).query("population == 'digits-sghmc'")
     assert len(sg) == 3 and set(sg["parent_id"]) == {"digits.000004"}
@@ -138,7 +224,9 @@ def test_multi_and_single_mode_starts(store_copy):
 
 def test_mfvi_stores_q_mean_and_std(tmp_path):
     st = tmp_path / "s.zarr"
-    res = run("--method", "mfvi", "--chains", 2, "--samples", 3, "--burn-in", 5, "--store", st, *TINY)
+    res = run(
+        "--method", "mfvi", "--chains", 2, "--samples", 3, "--burn-in", 5, "--store", st, *TINY
+    )
     assert res.exit_code == 0, res.output
     df = manifest(st)
     assert df["method"].value_counts().to_dict() == {"mfvi": 6, "mfvi-mean": 2, "mfvi-std": 2}
@@ -151,9 +239,24 @@ def test_mc_dropout_needs_dropout(tmp_path, store_copy, digits):
     res = run("--method", "mc_dropout", "--from", "seed < 2", "--store", store_copy)
     assert res.exit_code == 2 and "dropout" in res.output
     st = tmp_path / "d.zarr"
-    train(Store.open(st, create=True), digits, TrainConfig(epochs=1), seeds=range(2),
-          arch=ArchSpec((64, 8, 10), dropout=0.5))
-    res = run("--method", "mc_dropout", "--from", "kind == 'train'", "--samples", 3, "--store", st, "--quiet")
+    train(
+        Store.open(st, create=True),
+        digits,
+        TrainConfig(epochs=1),
+        seeds=range(2),
+        arch=ArchSpec((64, 8, 10), dropout=0.5),
+    )
+    res = run(
+        "--method",
+        "mc_dropout",
+        "--from",
+        "kind == 'train'",
+        "--samples",
+        3,
+        "--store",
+        st,
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     df = manifest(st).query("kind == 'sample'")
     assert len(df) == 6
@@ -165,26 +268,58 @@ def test_mc_dropout_needs_dropout(tmp_path, store_copy, digits):
 
 def test_divergent_chains_are_reported_not_stored(tmp_path):
     st = tmp_path / "s.zarr"
-    res = run("--method", "sgld", "--chains", 2, "--samples", 2, "--burn-in", 0, "--step-size", 1e30,
-              "--store", st, *TINY)
+    res = run(
+        "--method",
+        "sgld",
+        "--chains",
+        2,
+        "--samples",
+        2,
+        "--burn-in",
+        0,
+        "--step-size",
+        1e30,
+        "--store",
+        st,
+        *TINY,
+    )
     assert res.exit_code == 1 and "diverged" in res.output
     assert manifest(st).empty
     # HMC rejects divergent proposals and counts them
-    res = run("--method", "hmc", "--chains", 2, "--samples", 2, "--burn-in", 0, "--step-size", 50,
-              "--leapfrog", 3, "--store", st, "--arch", "mlp:64-8-10")
+    res = run(
+        "--method",
+        "hmc",
+        "--chains",
+        2,
+        "--samples",
+        2,
+        "--burn-in",
+        0,
+        "--step-size",
+        50,
+        "--leapfrog",
+        3,
+        "--store",
+        st,
+        "--arch",
+        "mlp:64-8-10",
+    )
     assert res.exit_code == 0, res.output
     assert "divergent transitions rejected" in res.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "nuts"], "'nuts' is not one of"),
-    (["--samples", 0], "--samples"),
-    (["--prior-var", -1], "--prior-var"),
-    (["--step-size", -0.1], "--step-size"),
-    (["--chains", 0], "--chains"),
-    (["--method", "laplace"], "--from"),
-    (["--arch", "mlp:3-10"], "inputs"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--method", "nuts"], "'nuts' is not one of"),
+        (["--samples", 0], "--samples"),
+        (["--prior-var", -1], "--prior-var"),
+        (["--step-size", -0.1], "--step-size"),
+        (["--chains", 0], "--chains"),
+        (["--method", "laplace"], "--from"),
+        (["--arch", "mlp:3-10"], "inputs"),
+    ],
+)
 def test_bad_input_leaves_no_store(tmp_path, args, message):
     st = tmp_path / "s.zarr"
     res = run(*args, "--store", st)
@@ -195,13 +330,22 @@ def test_bad_input_leaves_no_store(tmp_path, args, message):
 
 def test_bad_from_leaves_store_untouched(store_copy, digits):
     before = sorted(p.name for p in (store_copy / "manifest").iterdir())
-    for expr, message in [("seed > 100", "selects no checkpoints"), ("seed <", "bad --where"),
-                          ("seed < 3", "not a multiple")]:
+    for expr, message in [
+        ("seed > 100", "selects no checkpoints"),
+        ("seed <", "--where: syntax error"),
+        ("seed < 3", "not a multiple"),
+    ]:
         res = run("--method", "sghmc", "--from", expr, "--chains", 4, "--store", store_copy)
         assert res.exit_code == 2 and message in res.output, res.output
     assert sorted(p.name for p in (store_copy / "manifest").iterdir()) == before
-    train(Store.open(store_copy), digits, TrainConfig(epochs=1), seeds=[0], arch=ArchSpec((64, 8, 10)),
-          population="other")
+    train(
+        Store.open(store_copy),
+        digits,
+        TrainConfig(epochs=1),
+        seeds=[0],
+        arch=ArchSpec((64, 8, 10)),
+        population="other",
+    )
     before = sorted(p.name for p in (store_copy / "manifest").iterdir())
     res = run("--method", "sghmc", "--from", "seed == 0", "--store", store_copy)
     assert res.exit_code == 2 and "mixes architectures" in res.output
@@ -221,11 +365,14 @@ def test_help_has_example():
 
 
 def test_bench_quick_runs():
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_sample.py"), "--quick"],
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_sample.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     assert "speedup" in out.stdout
-
 
 
 def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_samples(tmp_path):
@@ -235,11 +382,29 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_samples(tmp_path):
     import signal
     import time
 
-    args = ["sample", "--method", "sghmc", "--chains", "4", "--samples", "60", "--segment", "4",
-            "--thin", "20", "--step-size", "1e-5", "--arch", "mlp:64-24-10", "--quiet"]
+    args = [
+        "sample",
+        "--method",
+        "sghmc",
+        "--chains",
+        "4",
+        "--samples",
+        "60",
+        "--segment",
+        "4",
+        "--thin",
+        "20",
+        "--step-size",
+        "1e-5",
+        "--arch",
+        "mlp:64-24-10",
+        "--quiet",
+    ]
     whole, killed = tmp_path / "whole.zarr", tmp_path / "killed.zarr"
     cmd = [sys.executable, "-m", "bnnctl", *args]
-    p = subprocess.Popen([*cmd, "--store", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        [*cmd, "--store", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and len(list((killed / "manifest").glob("*.parquet"))) < 2:
         time.sleep(0.02)
@@ -250,6 +415,8 @@ def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_samples(tmp_path):
     assert subprocess.run([*cmd, "--store", str(whole)], capture_output=True).returncode == 0
     a, b = manifest(whole), manifest(killed)
     assert len(a) == 240 and b["model_id"].is_unique
-    pd.testing.assert_series_equal(a.set_index("model_id")["sha256"].sort_index(),
-                                   b.set_index("model_id")["sha256"].sort_index())
+    pd.testing.assert_series_equal(
+        a.set_index("model_id")["sha256"].sort_index(),
+        b.set_index("model_id")["sha256"].sort_index(),
+    )
     assert Store.open(killed).verify() == []

@@ -16,12 +16,12 @@ import torch
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import validate
-from bnnctl.samplers.posterior import LogPosterior, prior_var_from_weight_decay
 from bnnctl.samplers import METHODS, SamplerConfig, build
-from bnnctl.samplers.registry import REGISTRY
 from bnnctl.samplers.base import load_state, save_state
 from bnnctl.samplers.laplace import diag_curvature
 from bnnctl.samplers.mc_dropout import apply_masks, masks
+from bnnctl.samplers.posterior import LogPosterior, prior_var_from_weight_decay
+from bnnctl.samplers.registry import REGISTRY
 
 F64 = torch.float64
 
@@ -48,7 +48,9 @@ def linreg(n=100, rho=0.8, noise=0.5, prior_var=1.0, seed=0, orthogonal=False):
     else:
         x = rng.multivariate_normal([0, 0], [[1, rho], [rho, 1]], n)
     y = x @ [1.0, -0.5] + 0.3 + noise * rng.normal(size=n)
-    ds = validate("linreg", {"x_train": x, "y_train": y[:, None], "x_test": x[:10], "y_test": y[:10, None]})
+    ds = validate(
+        "linreg", {"x_train": x, "y_train": y[:, None], "x_test": x[:10], "y_test": y[:10, None]}
+    )
     xt = np.c_[ds.x_train.astype(np.float64), np.ones(n)]
     lam = xt.T @ xt / noise**2 + np.eye(3) / prior_var
     cov = np.linalg.inv(lam)
@@ -99,8 +101,10 @@ def assert_gaussian_match(x, mean, cov, k=4.5, mean_bias=0.0, cov_bias=0.0, max_
     per_chain_mean = z.mean(0)
     per_chain_second = np.einsum("smi,smj->mij", z, z) / z.shape[0]
     m = x.shape[1]
-    for stat, truth, bias in ((per_chain_mean, 0.0, mean_bias),
-                              (per_chain_second, np.eye(len(mean)), cov_bias)):
+    for stat, truth, bias in (
+        (per_chain_mean, 0.0, mean_bias),
+        (per_chain_second, np.eye(len(mean)), cov_bias),
+    ):
         est, se = stat.mean(0), stat.std(0, ddof=1) / math.sqrt(m)
         assert se.max() < max_se, f"Monte Carlo error {se.max():.3f} too large for a useful test"
         assert (np.abs(est - truth) < k * se + bias).all(), (est, se)
@@ -143,9 +147,14 @@ def test_energy_and_grad_match_autograd(regression, pieces, monkeypatch):
     energy, grad = post.energy_and_grad(params)
     torch.testing.assert_close(post.log_posterior(params), -energy)
     for m in range(3):
-        nll, g = torch_reference(arch, params[m], torch.from_numpy(ds.x_train).double(),
-                                 torch.from_numpy(ds.y_train).double() if regression else torch.from_numpy(ds.y_train),
-                                 regression, 0.3)
+        nll, g = torch_reference(
+            arch,
+            params[m],
+            torch.from_numpy(ds.x_train).double(),
+            torch.from_numpy(ds.y_train).double() if regression else torch.from_numpy(ds.y_train),
+            regression,
+            0.3,
+        )
         expect_e = (nll + 0.5 * params[m].square().sum().item() / 0.5) / 0.7
         expect_g = (g + params[m] / 0.5) / 0.7
         assert energy[m].item() == pytest.approx(expect_e, rel=1e-10)
@@ -153,7 +162,9 @@ def test_energy_and_grad_match_autograd(regression, pieces, monkeypatch):
     # a minibatch estimate is the (N/B)-scaled sum over the batch
     idx = torch.tensor([[0, 5, 7, 9]] * 3)
     e_mb, _ = post.energy_and_grad(params, idx, prior=False)
-    nll_b = post.likelihood.nll_and_grad(arch.forward(params, post.x[idx]), post.y[idx].to(F64) if regression else post.y[idx])[0]
+    nll_b = post.likelihood.nll_and_grad(
+        arch.forward(params, post.x[idx]), post.y[idx].to(F64) if regression else post.y[idx]
+    )[0]
     torch.testing.assert_close(e_mb, nll_b * 10.0)
 
 
@@ -166,7 +177,9 @@ def test_weight_decay_is_a_prior():
     post = LogPosterior(post.arch, post.likelihood, post.x, post.y, prior_var)
     theta = torch.tensor([[0.2, -0.1, 0.4]], dtype=F64, requires_grad=True)
     out = post.arch.forward(theta, post.x.double())
-    loss = ((out - post.y.double()) ** 2).mean() * 0.5 / post.likelihood.noise_std**2 + 0.5 * wd * theta.square().sum()
+    loss = (
+        (out - post.y.double()) ** 2
+    ).mean() * 0.5 / post.likelihood.noise_std**2 + 0.5 * wd * theta.square().sum()
     (g,) = torch.autograd.grad(loss, theta)
     _, grad = post.energy_and_grad(theta.detach())
     torch.testing.assert_close(grad / post.n, g)
@@ -194,8 +207,12 @@ def test_metropolis_step_is_what_makes_hmc_exact():
     x, state = run_chains(post, cfg, m=32, samples=150)
     assert float(state.accept_rate.mean()) < 0.9
     assert_gaussian_match(x, mean, cov)
-    biased, _ = run_chains(post, SamplerConfig("hmc", step_size=eps, burn_in=30, leapfrog=5,
-                                               adapt=False, metropolis=False), m=32, samples=150)
+    biased, _ = run_chains(
+        post,
+        SamplerConfig("hmc", step_size=eps, burn_in=30, leapfrog=5, adapt=False, metropolis=False),
+        m=32,
+        samples=150,
+    )
     ratio = np.diag(np.cov(biased.reshape(-1, 3).T)) / np.diag(cov)
     assert ratio.max() > 1.5, ratio
 
@@ -232,7 +249,13 @@ def test_laplace_is_exact_on_linear_regression():
     np.testing.assert_allclose(state.std.square().numpy()[0], 1 / np.diag(lam), rtol=1e-10)
     post, mean, cov, lam = linreg(orthogonal=True)
     assert np.abs(lam - np.diag(np.diag(lam))).max() < 1e-4  # (up to float32 data rounding)
-    x, _ = run_chains(post, SamplerConfig("laplace"), m=4, samples=1000, start=torch.from_numpy(mean)[None].repeat(4, 1))
+    x, _ = run_chains(
+        post,
+        SamplerConfig("laplace"),
+        m=4,
+        samples=1000,
+        start=torch.from_numpy(mean)[None].repeat(4, 1),
+    )
     assert_gaussian_match(x, mean, cov)
 
 
@@ -253,7 +276,9 @@ def test_ggn_diagonal_matches_autograd_jacobians(classes):
     arch = ArchSpec((3, 4, out), "tanh")
     rng = np.random.default_rng(2)
     x, y = rng.normal(size=(15, 3)), rng.integers(0, classes, 15)
-    post = LogPosterior.of(arch, validate("t", {"x_train": x, "y_train": y, "x_test": x, "y_test": y}), dtype=F64)
+    post = LogPosterior.of(
+        arch, validate("t", {"x_train": x, "y_train": y, "x_test": x, "y_test": y}), dtype=F64
+    )
     theta = torch.randn(arch.n_params, dtype=F64, generator=torch.Generator().manual_seed(3))
     jac = torch.func.jacrev(lambda t: arch.forward(t[None], post.x)[0])(theta)  # [N, out, P]
     f = arch.forward(theta[None], post.x)[0]
@@ -300,7 +325,9 @@ def test_swag_centres_on_the_sgd_average():
     (= posterior mean) and its draws use K deviation columns."""
     post, mean, cov, _ = linreg(noise=1.0, rho=0.3)
     cfg = SamplerConfig("swag", step_size=0.02, burn_in=200, thin=5, rank=10, batch_size=20)
-    x, state = run_chains(post, cfg, m=8, samples=20, start=torch.from_numpy(mean)[None].repeat(8, 1) + 0.3)
+    x, state = run_chains(
+        post, cfg, m=8, samples=20, start=torch.from_numpy(mean)[None].repeat(8, 1) + 0.3
+    )
     assert state.collected == 10
     assert np.abs(state.mean.numpy().mean(0) - mean).max() < 0.5 * np.sqrt(np.diag(cov)).min()
     assert x.shape == (20, 8, 3) and np.isfinite(x).all()
@@ -337,8 +364,14 @@ def test_chains_together_equal_chains_alone_and_resume(method):
     """M chains at once give each chain's own trajectory; a state saved and restored
     mid-run continues exactly as the uninterrupted run."""
     post, mean, _, _ = linreg(n=40)
-    cfg = SamplerConfig(method, step_size={"hmc": 0.02, "mfvi": 1e-2, "swag": 0.02}.get(method, 1e-4),
-                        burn_in=3, batch_size=10, leapfrog=3, rank=2)
+    cfg = SamplerConfig(
+        method,
+        step_size={"hmc": 0.02, "mfvi": 1e-2, "swag": 0.02}.get(method, 1e-4),
+        burn_in=3,
+        batch_size=10,
+        leapfrog=3,
+        rank=2,
+    )
     sampler = build(cfg, post)
     start = prior_starts(3, 3, 0.1) + torch.from_numpy(mean)
     together = sampler.init(start, gens(3))

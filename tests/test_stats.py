@@ -21,13 +21,21 @@ from typer.testing import CliRunner
 
 from bnnctl import ArchSpec, Store, load_dataset
 from bnnctl.arch import modules as models
-from bnnctl.stats.measures import agreement_tv, bma, bma_curve, curve_sizes, entropy, pair_indices, pairwise_diversity
+from bnnctl.cli.common import app
+from bnnctl.errors import DataError, UsageError
+from bnnctl.stats.measures import (
+    agreement_tv,
+    bma,
+    bma_curve,
+    curve_sizes,
+    entropy,
+    pair_indices,
+    pairwise_diversity,
+)
 from bnnctl.stats.mmd import mmd
 from bnnctl.stats.ood import builtin_ood, detection_metrics, load_ood, ood_scores
 from bnnctl.stats.report import JSON_SHAPE, compute
 from bnnctl.symmetry.modes import count_modes
-from bnnctl.cli.common import app
-from bnnctl.errors import DataError, UsageError
 
 runner = CliRunner()
 
@@ -51,17 +59,23 @@ def np_metrics(p, y, bins=15):
         m = (conf > (b - 1) / bins) & (conf <= b / bins)
         ece += abs((conf[m] - correct[m]).sum()) / n
     onehot = np.eye(c)[y]
-    return {"acc": correct.mean(), "nll": -np.log(p[np.arange(n), y]).mean(), "ece": ece,
-            "brier": ((p - onehot) ** 2).sum(1).mean()}
+    return {
+        "acc": correct.mean(),
+        "nll": -np.log(p[np.arange(n), y]).mean(),
+        "ece": ece,
+        "brier": ((p - onehot) ** 2).sum(1).mean(),
+    }
 
 
 def hand_probs():
     """3 members, 4 points, 3 classes."""
-    p = np.array([
-        [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.25, 0.25]],
-        [[0.6, 0.3, 0.1], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]],
-        [[0.2, 0.2, 0.6], [0.05, 0.9, 0.05], [0.6, 0.0, 0.4], [0.34, 0.33, 0.33]],
-    ])
+    p = np.array(
+        [
+            [[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.5, 0.25, 0.25]],
+            [[0.6, 0.3, 0.1], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8], [0.2, 0.7, 0.1]],
+            [[0.2, 0.2, 0.6], [0.05, 0.9, 0.05], [0.6, 0.0, 0.4], [0.34, 0.33, 0.33]],
+        ]
+    )
     return p, np.array([0, 1, 2, 1])
 
 
@@ -100,7 +114,9 @@ def test_pair_indices_are_distinct_valid_pairs(m, pairs):
     assert ((i >= 0) & (i < j) & (j < m)).all()
     assert len(set(zip(i.tolist(), j.tolist(), strict=True))) == len(i)
     if pairs >= total:
-        assert set(zip(i.tolist(), j.tolist(), strict=True)) == {(a, b) for a in range(m) for b in range(a + 1, m)}
+        assert set(zip(i.tolist(), j.tolist(), strict=True)) == {
+            (a, b) for a in range(m) for b in range(a + 1, m)
+        }
 
 
 def test_pairwise_mi_and_disagreement_match_double_loop():
@@ -108,8 +124,13 @@ def test_pairwise_mi_and_disagreement_match_double_loop():
     i, j = pair_indices(3, 1000)
     mi, dis = pairwise_diversity(torch.from_numpy(p), i, j)
     for n, (a, b) in enumerate(zip(i, j, strict=True)):
-        want_mi = np.mean([np_entropy((p[a, x] + p[b, x]) / 2) - (np_entropy(p[a, x]) + np_entropy(p[b, x])) / 2
-                           for x in range(4)])
+        want_mi = np.mean(
+            [
+                np_entropy((p[a, x] + p[b, x]) / 2)
+                - (np_entropy(p[a, x]) + np_entropy(p[b, x])) / 2
+                for x in range(4)
+            ]
+        )
         want_dis = np.mean([p[a, x].argmax() != p[b, x].argmax() for x in range(4)])
         assert mi[n] == pytest.approx(want_mi, rel=1e-9)
         assert dis[n] == pytest.approx(want_dis)
@@ -152,7 +173,11 @@ def test_mmd_matches_brute_force_with_sklearn_kernels():
 
 def test_mmd_near_zero_for_same_distribution_positive_for_shifted():
     rng = np.random.default_rng(1)
-    x, y, shifted = rng.normal(size=(200, 5)), rng.normal(size=(200, 5)), rng.normal(1.0, 1, size=(200, 5))
+    x, y, shifted = (
+        rng.normal(size=(200, 5)),
+        rng.normal(size=(200, 5)),
+        rng.normal(1.0, 1, size=(200, 5)),
+    )
     same, diff = mmd(x, y), mmd(x, shifted)
     for kern in ("gaussian", "laplace"):
         for s, d in zip(same[kern], diff[kern], strict=True):
@@ -232,7 +257,9 @@ def module_probs(store_path, digits):
     arch = ArchSpec.from_json(man["arch"].iloc[0])
     x = torch.from_numpy(digits.x_test)
     with torch.no_grad():
-        return np.stack([torch.softmax(models.load(arch, r)(x), -1).double().numpy() for r in params])
+        return np.stack(
+            [torch.softmax(models.load(arch, r)(x), -1).double().numpy() for r in params]
+        )
 
 
 def test_ensemble_report_matches_module_evaluation(trained_store, digits):
@@ -243,12 +270,25 @@ def test_ensemble_report_matches_module_evaluation(trained_store, digits):
         assert rep["ensemble"]["bma"][k] == pytest.approx(want[k], abs=2e-5), k
     ev = rep["evaluation"]
     assert ev["n_members"] == 8 and ev["n_test"] == len(digits.y_test)
-    assert ev["max_abs_diff_vs_manifest"]["acc"] < 1e-6 and ev["max_abs_diff_vs_manifest"]["nll"] < 1e-4
+    assert (
+        ev["max_abs_diff_vs_manifest"]["acc"] < 1e-6
+        and ev["max_abs_diff_vs_manifest"]["nll"] < 1e-4
+    )
     assert rep["ensemble"]["diversity"]["n_pairs"] == 5
     assert [c["members"] for c in rep["ensemble"]["curve"]] == [1, 2, 4, 8]
     assert set(rep) == set(JSON_SHAPE)  # the documented, stable shape
-    assert set(ev) == {"arch", "dataset", "n_members", "n_test", "seconds", "models_per_s", "max_abs_diff_vs_manifest"}
-    assert set(rep["ensemble"]) == {"bma", "curve", "diversity"} and set(rep["ensemble"]["bma"]) == {"acc", "nll", "ece", "brier"}
+    assert set(ev) == {
+        "arch",
+        "dataset",
+        "n_members",
+        "n_test",
+        "seconds",
+        "models_per_s",
+        "max_abs_diff_vs_manifest",
+    }
+    assert set(rep["ensemble"]) == {"bma", "curve", "diversity"} and set(
+        rep["ensemble"]["bma"]
+    ) == {"acc", "nll", "ece", "brier"}
     assert set(rep["ensemble"]["diversity"]) == {"n_pairs", "mutual_information", "disagreement"}
 
 
@@ -290,14 +330,38 @@ def modes_store(tmp_path, digits):
     data = st.put_dataset(digits)
     rng = np.random.default_rng(0)
     bases = [arch.init(torch.Generator().manual_seed(s)).numpy() for s in (1, 2)]
-    raw = np.stack([permute_units(arch, bases[k // 4], [rng.permutation(8), rng.permutation(8)]) for k in range(8)])
-    common = {"population": "copies", "dataset": "digits", "task": "classification", "data": data,
-              "data_sha256": digits.sha256, "config_sha256": "0" * 64}
-    rows = [{"model_id": f"copies.{k}", "kind": "sample", "method": "copies", "seed": k, **common} for k in range(8)]
+    raw = np.stack(
+        [
+            permute_units(arch, bases[k // 4], [rng.permutation(8), rng.permutation(8)])
+            for k in range(8)
+        ]
+    )
+    common = {
+        "population": "copies",
+        "dataset": "digits",
+        "task": "classification",
+        "data": data,
+        "data_sha256": digits.sha256,
+        "config_sha256": "0" * 64,
+    }
+    rows = [
+        {"model_id": f"copies.{k}", "kind": "sample", "method": "copies", "seed": k, **common}
+        for k in range(8)
+    ]
     st.commit_block("params/copies/raw", raw, "float32", arch, rows, "sample-copies-raw")
     canon = np.stack([sort_units(arch, r) for r in raw])
-    crow = [{"model_id": f"copies.{k}.sort", "kind": "canonical", "method": "sort", "parent_id": f"copies.{k}",
-             "l2_mass_before": 13.0, "l2_mass_after": 10.0, **common} for k in range(8)]
+    crow = [
+        {
+            "model_id": f"copies.{k}.sort",
+            "kind": "canonical",
+            "method": "sort",
+            "parent_id": f"copies.{k}",
+            "l2_mass_before": 13.0,
+            "l2_mass_after": 10.0,
+            **common,
+        }
+        for k in range(8)
+    ]
     st.commit_block("params/copies/sort", canon, "float32", arch, crow, "canonical-copies-sort")
     return tmp_path / "m.zarr"
 
@@ -306,8 +370,10 @@ def test_sort_units_is_function_preserving(digits):
     arch = ArchSpec((64, 8, 8, 10))
     row = arch.init(torch.Generator().manual_seed(3)).numpy()
     x = torch.from_numpy(digits.x_test[:20])
-    torch.testing.assert_close(arch.forward(torch.from_numpy(sort_units(arch, row))[None], x),
-                               arch.forward(torch.from_numpy(row)[None], x))
+    torch.testing.assert_close(
+        arch.forward(torch.from_numpy(sort_units(arch, row))[None], x),
+        arch.forward(torch.from_numpy(row)[None], x),
+    )
 
 
 def test_modes_before_and_after_canonicalisation(modes_store):
@@ -331,8 +397,13 @@ def test_compare_identical_functions(modes_store):
         assert g["mmd2"] == pytest.approx(0, abs=1e-9)
     far = compute(Store.open(modes_store), compare_exprs=("seed < 4", "seed >= 4"))[0]["compare"]
     # reusing the ensemble's evaluation gives the same comparison
-    pooled = compute(Store.open(modes_store), ensemble=True, compare_exprs=("seed < 4", "seed >= 4"))[0]
-    assert pooled["compare"]["mmd"] == far["mmd"] and pooled["compare"]["agreement"] == far["agreement"]
+    pooled = compute(
+        Store.open(modes_store), ensemble=True, compare_exprs=("seed < 4", "seed >= 4")
+    )[0]
+    assert (
+        pooled["compare"]["mmd"] == far["mmd"]
+        and pooled["compare"]["agreement"] == far["agreement"]
+    )
     assert pooled["compare"]["total_variation"] == pytest.approx(far["total_variation"], abs=1e-6)
     # two point masses at distance D, σ = c·D (D is the pooled median): closed forms
     after = far["mmd"]["after"]["sort"]
@@ -347,7 +418,9 @@ def test_compare_identical_functions(modes_store):
 
 def test_cli_json_csv_table(trained_store):
     s = str(trained_store)
-    r = runner.invoke(app, ["stats", "--store", s, "--ensemble", "--pairs", "3", "--format", "json"])
+    r = runner.invoke(
+        app, ["stats", "--store", s, "--ensemble", "--pairs", "3", "--format", "json"]
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.stdout)
     assert rep["format"] == "bnnctl.stats/1" and rep["ensemble"]["diversity"]["n_pairs"] == 3
@@ -377,16 +450,39 @@ def test_cli_plots(modes_store, tmp_path, digits):
     moons = load_dataset("moons")
     arch = ArchSpec((2, 2, 1))
     params = np.stack([arch.init(torch.Generator().manual_seed(s)).numpy() for s in range(6)])
-    common = {"population": "moons221", "dataset": "moons", "task": "classification", "data": st.put_dataset(moons),
-              "data_sha256": moons.sha256, "config_sha256": "1" * 64, "kind": "train", "method": "init"}
-    st.commit_block("params/moons221/a", params, "float32", arch,
-                    [{"model_id": f"m.{k}", "seed": k, **common} for k in range(6)], "train-moons221-a")
+    common = {
+        "population": "moons221",
+        "dataset": "moons",
+        "task": "classification",
+        "data": st.put_dataset(moons),
+        "data_sha256": moons.sha256,
+        "config_sha256": "1" * 64,
+        "kind": "train",
+        "method": "init",
+    }
+    st.commit_block(
+        "params/moons221/a",
+        params,
+        "float32",
+        arch,
+        [{"model_id": f"m.{k}", "seed": k, **common} for k in range(6)],
+        "train-moons221-a",
+    )
     out = tmp_path / "figs"  # the plotted group is the larger one: 8 'copies' nets
-    r = runner.invoke(app, ["stats", "--store", str(modes_store), "--plot", str(out), "--format", "json"])
+    r = runner.invoke(
+        app, ["stats", "--store", str(modes_store), "--plot", str(out), "--format", "json"]
+    )
     assert r.exit_code == 0, r.output
     names = {p.name for p in out.iterdir()}
-    assert {"weights_pca_tsne.png", "marginals.png", "largest_index.png", "bma_curve.png", "pairwise_mi.png",
-            "excess_mass.png", "fig1_221.png"} <= names
+    assert {
+        "weights_pca_tsne.png",
+        "marginals.png",
+        "largest_index.png",
+        "bma_curve.png",
+        "pairwise_mi.png",
+        "excess_mass.png",
+        "fig1_221.png",
+    } <= names
     assert sorted(json.loads(r.stdout)["plots"]) == sorted(str(out / n) for n in names)
     assert all((out / n).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for n in names)
 
@@ -395,7 +491,9 @@ def test_scale_sort_221_preserves_function_and_sorts(digits):
     from bnnctl.stats.plots import scale_sort_221
 
     arch = ArchSpec((2, 2, 1))
-    params = np.stack([arch.init(torch.Generator().manual_seed(s)).numpy() for s in range(20)]).astype(np.float64)
+    params = np.stack(
+        [arch.init(torch.Generator().manual_seed(s)).numpy() for s in range(20)]
+    ).astype(np.float64)
     scaled, sorted_ = scale_sort_221(params)
     x = torch.randn(50, 2, dtype=torch.float64)
     f = [arch.forward(torch.from_numpy(p), x) for p in (params, scaled, sorted_)]
@@ -403,7 +501,9 @@ def test_scale_sort_221_preserves_function_and_sorts(digits):
     torch.testing.assert_close(f[2], f[0])
     assert (sorted_[:, 0] >= sorted_[:, 2]).all()  # key weight0: descending first incoming weight
     w, v = scaled[:, :4].reshape(-1, 2, 2), scaled[:, 6:8]
-    np.testing.assert_allclose(np.sqrt((w**2).sum(-1)), np.abs(v), rtol=1e-7)  # balanced units (biases not counted)
+    np.testing.assert_allclose(
+        np.sqrt((w**2).sum(-1)), np.abs(v), rtol=1e-7
+    )  # balanced units (biases not counted)
     assert math.isfinite(float(np.abs(sorted_).sum()))
 
 
@@ -413,17 +513,29 @@ def test_summary_groups_per_population(trained_store):
     man = Store.open(trained_store).manifest()
     assert len(g) == 1 and g[0]["n"] == 8
     assert g[0]["test_acc_mean"] == pytest.approx(man["test_acc"].mean())
-    assert rep["summary"]["overall"]["test_nll"]["median"] == pytest.approx(man["test_nll"].median())
+    assert rep["summary"]["overall"]["test_nll"]["median"] == pytest.approx(
+        man["test_nll"].median()
+    )
     assert rep["evaluation"] is None and rep["ensemble"] is None
     assert isinstance(pd.DataFrame(g), pd.DataFrame)
 
 
 def test_bench_stats_quick():
     script = Path(__file__).resolve().parents[1] / "scripts" / "bench_stats.py"
-    r = subprocess.run([sys.executable, str(script), "--quick", "--json"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    assert out["models"] == 16 and out["pairs"] == 50 and out["eval_models_per_s"] > 0 and out["loop_models_per_s"] > 0
+    assert (
+        out["models"] == 16
+        and out["pairs"] == 50
+        and out["eval_models_per_s"] > 0
+        and out["loop_models_per_s"] > 0
+    )
     assert out["mmd_n"] == [8, 8] and out["stats_total_s"] > 0
 
 
@@ -440,6 +552,8 @@ def test_regression_population(tmp_path):
     rep, ctx = compute(st, ensemble=True)
     assert rep["evaluation"]["max_abs_diff_vs_manifest"]["rmse"] < 1e-5
     mean = ctx.members.out.double().numpy().mean(0)
-    assert rep["ensemble"]["bma"]["rmse"] == pytest.approx(float(np.sqrt(((mean - y[80:]) ** 2).mean())), rel=1e-5)
+    assert rep["ensemble"]["bma"]["rmse"] == pytest.approx(
+        float(np.sqrt(((mean - y[80:]) ** 2).mean())), rel=1e-5
+    )
     with pytest.raises(UsageError, match="classification"):
         compute(st, ood="builtin")

@@ -45,8 +45,10 @@ def test_plain_zarr_numpy_reevaluation_matches_manifest(trained_store):
     for rec in df.itertuples():
         arr = root[rec.array]
         row = arr[rec.row]
-        tensors = {t["name"]: row[t["offset"] : t["offset"] + int(np.prod(t["shape"]))].reshape(t["shape"])
-                   for t in arr.attrs["layout"]}
+        tensors = {
+            t["name"]: row[t["offset"] : t["offset"] + int(np.prod(t["shape"]))].reshape(t["shape"])
+            for t in arr.attrs["layout"]
+        }
         data = root[rec.data]
         h = data["x_test"][:]
         names = [n for n in tensors if n.endswith(".weight")]
@@ -72,9 +74,20 @@ def test_commit_then_read_round_trip(tmp_path_factory, m, widths, dtype, seed):
     store = Store.open(tmp_path_factory.mktemp("rt") / "s.zarr", create=True)
     arch = ArchSpec(tuple(widths))
     params = np.random.default_rng(seed).normal(size=(m, arch.n_params)).astype(np.float32)
-    rows = [dict(model_id=f"x.{i}", kind="import", method="test", population="x", dataset="d",
-                 task="classification", data=None, data_sha256="0" * 64, config_sha256="c")
-            for i in range(m)]
+    rows = [
+        dict(
+            model_id=f"x.{i}",
+            kind="import",
+            method="test",
+            population="x",
+            dataset="d",
+            task="classification",
+            data=None,
+            data_sha256="0" * 64,
+            config_sha256="c",
+        )
+        for i in range(m)
+    ]
     store.commit_block("params/x/b0", params, dtype, arch, rows, "import-x-b0")
     man = Store.open(store.url).manifest()
     back = store.read_params(man.iloc[::-1])
@@ -166,4 +179,6 @@ def test_orphan_arrays_are_listed_but_are_not_problems(store_copy):
     assert store.orphan_arrays() == ["params/digits/s999998-999999"]
     assert store.verify() == []
     r = CliRunner().invoke(app, ["verify", "--store", str(store_copy)])
-    assert r.exit_code == 0 and "params/digits/s999998-999999 is named by no manifest row" in r.output
+    assert (
+        r.exit_code == 0 and "params/digits/s999998-999999 is named by no manifest row" in r.output
+    )

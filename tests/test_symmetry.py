@@ -14,13 +14,14 @@ from hypothesis import strategies as st
 
 from bnnctl.arch import ArchSpec
 from bnnctl.errors import UsageError
-from bnnctl.testing.reference import outputs as nn_outputs
-from bnnctl.testing.strategies import networks
 from bnnctl.symmetry.action import flip_, l2_mass, permute_, scale_
 from bnnctl.symmetry.canonical import canonicalize
 from bnnctl.symmetry.matching import weight_match
 from bnnctl.symmetry.sorting import near_ties, sort_order
 from bnnctl.symmetry.transform import KEYS, Transform, make_transform
+from bnnctl.testing.reference import outputs as nn_outputs
+from bnnctl.testing.strategies import networks
+
 
 def random_symmetry(arch: ArchSpec, flat: torch.Tensor, gen: torch.Generator, syms) -> torch.Tensor:
     """g·θ for a random g of the arch's group (permutations, scales in e^±1.5, signs)."""

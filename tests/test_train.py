@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from bnnctl import ArchSpec, Store, TrainConfig, train
-from bnnctl.errors import ConflictError, UsageError
 from bnnctl.engines.train import Population, train_models
+from bnnctl.errors import ConflictError, UsageError
 from bnnctl.testing.reference import build_module
 
 SMALL = ArchSpec((64, 16, 12, 10))
@@ -25,8 +25,13 @@ def reference_train(pop: Population, seed: int) -> torch.Tensor:
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     else:
-        opt = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                              nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+        opt = torch.optim.SGD(
+            net.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
@@ -45,9 +50,19 @@ def reference_train(pop: Population, seed: int) -> torch.Tensor:
     "cfg",
     [
         TrainConfig(optimizer="adam", lr=3e-3, epochs=3, batch_size=100, weight_decay=1e-3),
-        TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, epochs=3,
-                    batch_size=64, schedule="cosine", weight_decay=1e-4),
-        TrainConfig(optimizer="sgd", lr=0.1, momentum=0.0, epochs=4, batch_size=128, schedule="step"),
+        TrainConfig(
+            optimizer="sgd",
+            lr=0.05,
+            momentum=0.9,
+            nesterov=True,
+            epochs=3,
+            batch_size=64,
+            schedule="cosine",
+            weight_decay=1e-4,
+        ),
+        TrainConfig(
+            optimizer="sgd", lr=0.1, momentum=0.0, epochs=4, batch_size=128, schedule="step"
+        ),
     ],
     ids=["adam-wd", "sgd-nesterov-cosine", "sgd-step"],
 )
@@ -130,8 +145,13 @@ def test_bad_train_requests(tmp_path, digits, kwargs, msg):
 
 @pytest.mark.parametrize(
     "kwargs,msg",
-    [({"optimizer": "rmsprop"}, "unknown optimizer"), ({"schedule": "linear"}, "unknown schedule"),
-     ({"lr": 0}, "lr must be positive"), ({"epochs": 0}, "epochs"), ({"nesterov": True}, "nesterov")],
+    [
+        ({"optimizer": "rmsprop"}, "unknown `optimizer`"),
+        ({"schedule": "linear"}, "unknown `schedule`"),
+        ({"lr": 0}, "`lr` must be positive"),
+        ({"epochs": 0}, "epochs"),
+        ({"nesterov": True}, "nesterov"),
+    ],
 )
 def test_bad_train_config(kwargs, msg):
     with pytest.raises(UsageError, match=msg):

@@ -49,7 +49,9 @@ def state_dict(arch: ArchSpec, row: np.ndarray | torch.Tensor) -> dict[str, torc
     """One ``[P]`` row as a state_dict of float tensors (copies, the row's dtype)."""
     t = torch.from_numpy(np.ascontiguousarray(row)) if isinstance(row, np.ndarray) else row
     if t.shape != (arch.n_params,):
-        raise DataError(f"a row of {arch.name} has {arch.n_params} numbers, got shape {tuple(t.shape)}")
+        raise DataError(
+            f"a row of {arch.name} has {arch.n_params} numbers, got shape {tuple(t.shape)}"
+        )
     return arch.state_dict(t)
 
 
@@ -73,7 +75,9 @@ def check_state_dict(arch: ArchSpec, sd: dict, source: str = "state_dict") -> No
     for t in arch.layout:
         shape = tuple(sd[t.name].shape)
         if shape != t.shape:
-            raise DataError(f"{source}: tensor {t.name} has shape {shape}, expected {t.shape} for {arch.name}")
+            raise DataError(
+                f"{source}: tensor {t.name} has shape {shape}, expected {t.shape} for {arch.name}"
+            )
 
 
 def to_row(arch: ArchSpec, sd: dict, dtype=np.float32, source: str = "state_dict") -> np.ndarray:

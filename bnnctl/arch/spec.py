@@ -10,17 +10,18 @@ the spec; none re-derives it.
 
 from __future__ import annotations
 
-from enum import Enum
 import json
 import math
 import re
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from bnnctl.errors import UsageError
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads specs without it
     import torch
+
 
 #: Activations and the symmetries of a hidden unit they admit besides permutation:
 #: "scale" = positive rescaling (positively homogeneous), "sign" = sign flip (odd).
@@ -168,7 +169,9 @@ class ArchSpec:
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{name: [M, *shape] view}`` into a contiguous model-major ``[M, P]`` tensor."""
         m = flat.shape[0]
-        return {t.name: flat[:, t.offset : t.offset + t.size].view(m, *t.shape) for t in self.layout}
+        return {
+            t.name: flat[:, t.offset : t.offset + t.size].view(m, *t.shape) for t in self.layout
+        }
 
     def unflatten(self, flat: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Views ``(W [M,out,in], b [M,out])`` per layer into a contiguous ``[M, P]`` tensor."""
@@ -177,7 +180,9 @@ class ArchSpec:
 
     def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """One model's ``[P]`` row as a PyTorch state_dict (copies)."""
-        return {t.name: row[t.offset : t.offset + t.size].reshape(t.shape).clone() for t in self.layout}
+        return {
+            t.name: row[t.offset : t.offset + t.size].reshape(t.shape).clone() for t in self.layout
+        }
 
     # --- symmetries as data ------------------------------------------------------
 
@@ -213,7 +218,9 @@ class ArchSpec:
         return torch.cat(parts)
 
     def _fan_in(self, bias: Tensor) -> int:
-        return next(t.shape[1] for t in self.layout if t.name == bias.name.replace("bias", "weight"))
+        return next(
+            t.shape[1] for t in self.layout if t.name == bias.name.replace("bias", "weight")
+        )
 
     # --- stacked parameters -------------------------------------------------------
     #
@@ -263,7 +270,9 @@ class ArchSpec:
             return z.tanh_()
         return torch.nn.functional.gelu(z)
 
-    def act_backward(self, dh: torch.Tensor, z: torch.Tensor | None, h: torch.Tensor) -> torch.Tensor:
+    def act_backward(
+        self, dh: torch.Tensor, z: torch.Tensor | None, h: torch.Tensor
+    ) -> torch.Tensor:
         """d loss / d z given d loss / d h for h = act(z) (z is only kept for gelu)."""
         import torch
 

@@ -10,14 +10,14 @@ order; none imports torch until its command runs.
 from __future__ import annotations
 
 from bnnctl.cli import (  # noqa: F401  (importing a command module registers it)
-    train,
-    sample,
     canonicalize,
-    ls,
-    verify,
-    stats,
     export,
     import_,
+    ls,
+    sample,
+    stats,
+    train,
+    verify,
 )
 from bnnctl.cli.common import app
 

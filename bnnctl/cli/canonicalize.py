@@ -8,13 +8,13 @@ import typer
 
 from bnnctl.cli.common import (
     DEFAULT_STORE,
+    FormatFlag,
     QuietOpt,
+    ReportFormat,
     StoreOpt,
     WhereOpt,
     command,
     dump_json,
-    FormatFlag,
-    ReportFormat,
     log,
     print_table,
     progress,
@@ -81,7 +81,13 @@ def canonicalize_cmd(
     syms = symmetries.split(",") if symmetries is not None else None
     with progress(quiet, "canonicalize", None) as advance:
         res = canonicalize(
-            store, where, syms, key.value, scale_mode.value, align_to, mode_rtol=mode_tol,
+            store,
+            where,
+            syms,
+            key.value,
+            scale_mode.value,
+            align_to,
+            mode_rtol=mode_tol,
             progress=advance,
         )
     log(

@@ -19,9 +19,9 @@ from enum import Enum
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.console import Console
 from typer._click import exceptions as click  # typer vendors click: its errors are these
 from typer.core import TyperGroup
-from rich.console import Console
 
 from bnnctl.arch.spec import Activation
 from bnnctl.errors import BnnctlError, UsageError
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from bnnctl.arch import ArchSpec
     from bnnctl.data import Dataset
+
 
 class OneLineErrors(TyperGroup):
     """Usage errors (unknown flag, bad value, missing argument) as one line on stderr,
@@ -97,8 +98,6 @@ def _root(
 # --- options defined once ---------------------------------------------------------------
 
 
-
-
 StoreOpt = Annotated[
     str,
     typer.Option(
@@ -115,6 +114,8 @@ WhereOpt = Annotated[
         "(a safe subset of pandas query syntax; see README).",
     ),
 ]
+
+
 class RowFormat(str, Enum):
     """How ``ls`` prints rows."""
 
@@ -190,8 +191,8 @@ def dataset_and_arch(
 
 def command(name: str, flags: dict[str, str] | None = None) -> Callable:
     """Register a command whose :class:`BnnctlError` becomes one line on stderr and an
-    exit code. An error about a library parameter names the command's flag for it
-    (``batch_size`` -> ``--batch-size``, or as ``flags`` maps it)."""
+    exit code. Library errors name parameters in backquotes (```batch_size```); the
+    line names the command's flag instead (``--batch-size``, or as ``flags`` maps it)."""
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
@@ -199,7 +200,9 @@ def command(name: str, flags: dict[str, str] | None = None) -> Callable:
             try:
                 return fn(*a, **kw)
             except BnnctlError as e:
-                err.print(f"error: {one_line(_with_flag(e, flags or {}))}", markup=False)
+                err.print(
+                    f"error: {one_line(_with_flag(e, flags or {}))}", markup=False, soft_wrap=True
+                )
                 raise typer.Exit(e.exit_code) from None
             except BrokenPipeError:  # `| head` closed the pipe: end quietly
                 devnull = os.open(os.devnull, os.O_WRONLY)
@@ -212,11 +215,10 @@ def command(name: str, flags: dict[str, str] | None = None) -> Callable:
 
 
 def _with_flag(e: BnnctlError, flags: dict[str, str]) -> str:
-    message = str(e)
-    if not e.param:
-        return message
-    flag = flags.get(e.param, "--" + e.param.replace("_", "-"))
-    return re.sub(rf"(?<![\w-]){re.escape(e.param)}(?![\w-])", flag, message, count=1)
+    def flag(m: re.Match[str]) -> str:
+        return flags.get(m.group(1), "--" + m.group(1).replace("_", "-"))
+
+    return re.sub(r"`([a-z][a-z0-9_]*)`", flag, str(e))
 
 
 def one_line(text: str) -> str:
@@ -242,9 +244,7 @@ def progress(
         done = state["units"] // per_item
         elapsed = max(time.perf_counter() - t0, 1e-9)
         rate = done / elapsed
-        eta = (
-            f", eta {_duration((items_total - done) / rate)}" if items_total and rate > 0 else ""
-        )
+        eta = f", eta {_duration((items_total - done) / rate)}" if items_total and rate > 0 else ""
         return done, rate, eta
 
     if quiet:

@@ -54,5 +54,7 @@ def export_cmd(
     Example: bnnctl ls --where "seed < 100" --format ids | bnnctl export --ids - --to safetensors out/
     """
     wanted = None if ids is None else read_ids(ids)
-    files = export(store, None, to.value, out, dtype and dtype.value, force, where=where, ids=wanted)
+    files = export(
+        store, None, to.value, out, dtype and dtype.value, force, where=where, ids=wanted
+    )
     log(quiet, f"exported checkpoints as {to.value} to {out} ({len(files)} files)")

@@ -29,7 +29,9 @@ def ls_cmd(
         str | None,
         typer.Option("--sort", "-s", help="Sort by a column; prefix '-' for descending."),
     ] = None,
-    limit: Annotated[int | None, typer.Option("--limit", "-l", help="At most this many rows.")] = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", "-l", help="At most this many rows.")
+    ] = None,
     fmt: Annotated[RowFormat, FormatFlag] = RowFormat.table,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:

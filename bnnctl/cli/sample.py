@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
+from bnnctl.arch.spec import Activation
 from bnnctl.cli.common import (
     DEFAULT_STORE,
     ActivationOpt,
@@ -20,7 +21,6 @@ from bnnctl.cli.common import (
     log,
     progress,
 )
-from bnnctl.arch.spec import Activation
 from bnnctl.samplers.config import APPROXIMATIONS, Fisher, Method, SamplerConfig, Schedule
 
 
@@ -66,16 +66,28 @@ def sample_cmd(
 
     cfg = SamplerConfig(method.value, step_size, prior_var, temperature, noise_std, burn_in, thin,
                         batch_size, friction, schedule.value, leapfrog, fisher=fisher.value, rank=rank)  # fmt: skip
-    ds, spec = (None, None) if start is not None else dataset_and_arch(dataset, data, arch, activation.value, dropout)
+    ds, spec = (
+        (None, None)
+        if start is not None
+        else dataset_and_arch(dataset, data, arch, activation.value, dropout)
+    )
     st, plan = make_plan(store, cfg, samples, chains, ds, spec, start, population, segment, seed)
     assert cfg.burn_in is not None  # resolved by SamplerConfig
     fit = cfg.burn_in + (cfg.rank * cfg.thin if cfg.method == "swag" else 0)
-    total = fit + plan.samples if cfg.method in APPROXIMATIONS else cfg.burn_in + plan.samples * cfg.thin
+    total = (
+        fit + plan.samples
+        if cfg.method in APPROXIMATIONS
+        else cfg.burn_in + plan.samples * cfg.thin
+    )
     with progress(quiet, f"sample {cfg.method}", total, unit="steps") as advance:
         result = run_plan(st, plan, advance)
     rows = result.rows
     msg = f"committed {len(rows)} rows ({plan.chains} chains x {plan.samples} samples"
-    msg += f", {result.skipped_segments} segments already in the store)" if result.skipped_segments else ")"
+    msg += (
+        f", {result.skipped_segments} segments already in the store)"
+        if result.skipped_segments
+        else ")"
+    )
     if result.accept_rate is not None:
         msg += f"; acceptance median {float(sorted(result.accept_rate)[len(result.accept_rate) // 2]):.3f}"
     if result.divergent_transitions:

@@ -10,13 +10,13 @@ import typer
 
 from bnnctl.cli.common import (
     DEFAULT_STORE,
+    FormatFlag,
     QuietOpt,
+    StatsFormat,
     StoreOpt,
     WhereOpt,
     command,
     dump_json,
-    FormatFlag,
-    StatsFormat,
     log,
     print_table,
 )

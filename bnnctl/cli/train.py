@@ -31,7 +31,9 @@ from bnnctl.store.store import DType
 def train_cmd(
     seeds: Annotated[
         int,
-        typer.Option("--seeds", "-n", help="Number of seeds to train: seed-start .. seed-start+N-1."),
+        typer.Option(
+            "--seeds", "-n", help="Number of seeds to train: seed-start .. seed-start+N-1."
+        ),
     ] = 8,
     seed_start: Annotated[
         int, typer.Option("--seed-start", help="First seed (to extend a population later).")
@@ -41,10 +43,14 @@ def train_cmd(
     arch: ArchOpt = None,
     activation: ActivationOpt = Activation.relu,
     dropout: DropoutOpt = 0.0,
-    optimizer: Annotated[Optimizer, typer.Option("--optimizer", help="Optimizer.")] = Optimizer.adam,
+    optimizer: Annotated[
+        Optimizer, typer.Option("--optimizer", help="Optimizer.")
+    ] = Optimizer.adam,
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate.")] = 1e-3,
     momentum: Annotated[float, typer.Option("--momentum", help="SGD momentum.")] = 0.9,
-    nesterov: Annotated[bool, typer.Option("--nesterov", help="SGD with Nesterov momentum.")] = False,
+    nesterov: Annotated[
+        bool, typer.Option("--nesterov", help="SGD with Nesterov momentum.")
+    ] = False,
     weight_decay: Annotated[
         float,
         typer.Option(

@@ -214,7 +214,7 @@ def plan(
     sources = sources[sources["kind"] != "canonical"]
     if sources.empty:
         raise UsageError(
-            "the selection holds only canonical rows; select source rows (kind train, sample or import)"
+            "the selection holds only canonical rows; select source rows (kind train, sample or import)"  # noqa: E501
         )
     ref_row = None
     if align_to is not None:
@@ -231,7 +231,7 @@ def plan(
             arch, ArchSpec.from_json(ref_row["arch"].iloc[0])
         ):
             raise ConflictError(
-                f"reference {align_to} is {ref_row['arch_name'].iloc[0]} {ref_row['activation'].iloc[0]} but "
+                f"reference {align_to} is {ref_row['arch_name'].iloc[0]} {ref_row['activation'].iloc[0]} but "  # noqa: E501
                 f"population {pop} is {arch.name} {arch.activation}"
             )
         t = make_transform(arch, symmetries, key, scale_mode, align_to)
@@ -300,9 +300,9 @@ def canonicalize(
     ``--where`` expression; default: every row that is not canonical) into new rows;
     skip those already done. See the module doc."""
     if block_size < 1:
-        raise UsageError(f"block_size must be at least 1, got {block_size}", "block_size")
+        raise UsageError(f"`block_size` must be at least 1, got {block_size}", "block_size")
     if not 0 <= mode_rtol < 1:
-        raise UsageError(f"mode_rtol must be in [0, 1), got {mode_rtol}", "mode_rtol")
+        raise UsageError(f"`mode_rtol` must be in [0, 1), got {mode_rtol}", "mode_rtol")
     store = store if isinstance(store, Store) else Store.open(store)
     man = store.manifest()
     if isinstance(sources, str):
@@ -478,5 +478,3 @@ def _perm_only(t: Transform) -> Transform:
 
 def _stat(fn, a: np.ndarray) -> float | None:
     return float(fn(a)) if len(a) and np.isfinite(a).all() else None
-
-

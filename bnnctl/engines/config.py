@@ -3,15 +3,16 @@ the choices without importing torch)."""
 
 from __future__ import annotations
 
-from enum import Enum
 import math
 from dataclasses import dataclass
+from enum import Enum
 from typing import TYPE_CHECKING
 
 from bnnctl.errors import UsageError
 
 if TYPE_CHECKING:
     import torch
+
 
 class Optimizer(str, Enum):
     """The choices of ``optimizer``."""
@@ -55,13 +56,15 @@ class TrainConfig:
         for name in ("lr", "epochs", "batch_size"):
             value = getattr(self, name)
             if not (value > 0 and math.isfinite(value)):
-                raise UsageError(f"{name} must be positive and finite, got {value}", param=name)
+                raise UsageError(f"`{name}` must be positive and finite, got {value}", param=name)
         if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise UsageError(f"weight_decay must be >= 0, got {self.weight_decay}", "weight_decay")
+            raise UsageError(
+                f"`weight_decay` must be >= 0, got {self.weight_decay}", "weight_decay"
+            )
         if not 0 <= self.momentum < 1:
-            raise UsageError(f"momentum must be in [0, 1), got {self.momentum}", "momentum")
+            raise UsageError(f"`momentum` must be in [0, 1), got {self.momentum}", "momentum")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
-            raise UsageError("nesterov needs optimizer sgd with momentum > 0", "nesterov")
+            raise UsageError("`nesterov` needs optimizer sgd with momentum > 0", "nesterov")
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of an epoch: constant; cosine from lr to 0 over the epochs; or

@@ -53,13 +53,21 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
             with safe_open(str(path), framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})  # noqa: SIM118
         except Exception as e:
-            raise DataError(f"{path.name}: not a readable safetensors file ({_first_line(e)})") from None
+            raise DataError(
+                f"{path.name}: not a readable safetensors file ({_first_line(e)})"
+            ) from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for arbitrary objects, others for truncation
-        raise DataError(f"{path.name}: not a plain PyTorch state_dict file ({_first_line(e)})") from None
-    if not isinstance(obj, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-        raise DataError(f"{path.name}: not a plain state_dict (a dict of name -> tensor); got {type(obj).__name__}")
+        raise DataError(
+            f"{path.name}: not a plain PyTorch state_dict file ({_first_line(e)})"
+        ) from None
+    if not isinstance(obj, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
+    ):
+        raise DataError(
+            f"{path.name}: not a plain state_dict (a dict of name -> tensor); got {type(obj).__name__}"  # noqa: E501
+        )
     return dict(obj), {}
 
 
@@ -68,13 +76,17 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def infer_arch(sd: dict, source: str, activation: str = "relu", dropout: float | None = None) -> ArchSpec:
+def infer_arch(
+    sd: dict, source: str, activation: str = "relu", dropout: float | None = None
+) -> ArchSpec:
     """The MLP whose layout has exactly these names and shapes ("<i>.weight" [out, in],
     "<i>.bias" [out], Linear indices 0, 2, 4, ... or 0, 3, 6, ... with dropout layers)."""
     bad = [k for k in sd if not NAME_RE.match(k)]
     if bad:
-        raise DataError(f"{source}: cannot infer an MLP from tensor names like {bad[0]!r} "
-                        "(expected '0.weight', '0.bias', '2.weight', ...); pass --arch")
+        raise DataError(
+            f"{source}: cannot infer an MLP from tensor names like {bad[0]!r} "
+            "(expected '0.weight', '0.bias', '2.weight', ...); pass --arch"
+        )
     idx = sorted({int(NAME_RE.match(k).group(1)) for k in sd})
     weights = [sd.get(f"{i}.weight") for i in idx]
     if any(w is None or w.dim() != 2 for w in weights):
@@ -82,7 +94,9 @@ def infer_arch(sd: dict, source: str, activation: str = "relu", dropout: float |
     steps = {b - a for a, b in zip(idx, idx[1:], strict=False)}
     step = steps.pop() if len(steps) == 1 else (2 if not steps else None)
     if idx[0] != 0 or step not in (2, 3):
-        raise DataError(f"{source}: layer indices {idx} are not those of an nn.Sequential MLP; pass --arch")
+        raise DataError(
+            f"{source}: layer indices {idx} are not those of an nn.Sequential MLP; pass --arch"
+        )
     if step == 3 and not dropout:
         raise UsageError(f"{source}: layer indices step by 3 (dropout layers): pass --dropout RATE")
     widths = (weights[0].shape[1], *(w.shape[0] for w in weights))
@@ -103,7 +117,11 @@ def _load_all(files: list[Path], arch: ArchSpec | None, activation: str, dropout
     for path in files:
         sd, meta = read_checkpoint(path)
         if arch is None:
-            arch = ArchSpec.from_json(meta["arch"]) if "arch" in meta else infer_arch(sd, path.name, activation, dropout)
+            arch = (
+                ArchSpec.from_json(meta["arch"])
+                if "arch" in meta
+                else infer_arch(sd, path.name, activation, dropout)
+            )
         arrays = {k: _numpy(v, path.name) for k, v in sd.items()}
         modules.check_state_dict(arch, arrays, path.name)
         dtypes |= {a.dtype for a in arrays.values()}
@@ -143,21 +161,36 @@ def import_folder(
     check_arch(arch, dataset)
     if not isinstance(store, Store):
         store = Store.open(store, create=True)
-    config = popmod.digest({"kind": "import", "arch": arch.to_json(), "data": dataset.sha256,
-                            "population": name, "dtype": dtype})
+    config = popmod.digest(
+        {
+            "kind": "import",
+            "arch": arch.to_json(),
+            "data": dataset.sha256,
+            "population": name,
+            "dtype": dtype,
+        }
+    )
 
     def describe(r: pd.Series) -> str:
-        return (f"population {name!r} already holds {r['kind']} rows of {r['arch_name']} on {r['dataset']} "
-                f"({r['dtype']}); importing {arch.name} on {dataset.name} ({dtype}) needs another population")
+        return (
+            f"population {name!r} already holds {r['kind']} rows of {r['arch_name']} on {r['dataset']} "  # noqa: E501
+            f"({r['dtype']}); importing {arch.name} on {dataset.name} ({dtype}) needs another population"  # noqa: E501
+        )
 
     popmod.existing_rows(store, name, config, describe)
     done = set(store.manifest()["model_id"])
-    todo = [(f"{name}.{s}", p) for s, p in zip(stems, params, strict=True) if f"{name}.{s}" not in done]
+    todo = [
+        (f"{name}.{s}", p) for s, p in zip(stems, params, strict=True) if f"{name}.{s}" not in done
+    ]
     committed = []
     if todo:
         data_path = store.put_dataset(dataset)
         for s in range(0, len(todo), block_size):
-            committed.append(_commit(store, todo[s : s + block_size], arch, dtype, dataset, name, config, data_path))
+            committed.append(
+                _commit(
+                    store, todo[s : s + block_size], arch, dtype, dataset, name, config, data_path
+                )
+            )
             if progress is not None:
                 progress(len(todo[s : s + block_size]))
     rows = pd.concat(committed, ignore_index=True) if committed else store.manifest().iloc[0:0]
@@ -168,10 +201,24 @@ def _commit(store, todo, arch, dtype, ds, name, config, data_path) -> pd.DataFra
     ids = [m for m, _ in todo]
     params = np.stack([p for _, p in todo])
     metrics = metrics_of(arch, for_task(ds.task), torch.from_numpy(params.astype(np.float32)), ds)
-    rows = [{
-        "model_id": m, "kind": "import", "method": "import", "population": name, "seed": None,
-        "dataset": ds.name, "task": ds.task, "data": data_path, "data_sha256": ds.sha256,
-        "parent_id": None, "config_sha256": config, **{k: float(v[i]) for k, v in metrics.items()},
-    } for i, m in enumerate(ids)]
+    rows = [
+        {
+            "model_id": m,
+            "kind": "import",
+            "method": "import",
+            "population": name,
+            "seed": None,
+            "dataset": ds.name,
+            "task": ds.task,
+            "data": data_path,
+            "data_sha256": ds.sha256,
+            "parent_id": None,
+            "config_sha256": config,
+            **{k: float(v[i]) for k, v in metrics.items()},
+        }
+        for i, m in enumerate(ids)
+    ]
     h = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-    return store.commit_block(f"params/{name}/import-{h}", params, dtype, arch, rows, f"import-{name}-{h}")
+    return store.commit_block(
+        f"params/{name}/import-{h}", params, dtype, arch, rows, f"import-{name}-{h}"
+    )

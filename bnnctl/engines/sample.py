@@ -34,8 +34,7 @@ from bnnctl.errors import CheckError, StoreError, UsageError
 from bnnctl.evaluate import check_arch, metrics_of
 from bnnctl.evaluate.likelihood import for_task
 from bnnctl.samplers import NEED_START, SamplerConfig, build
-from bnnctl.samplers.base import Sampler, load_state, save_state
-from bnnctl.samplers.base import step_size_at
+from bnnctl.samplers.base import Sampler, load_state, save_state, step_size_at
 from bnnctl.samplers.posterior import LogPosterior
 from bnnctl.store import Store, select
 
@@ -63,8 +62,13 @@ class Plan:
 
     def __post_init__(self) -> None:
         desc = {
-            "config": self.config.as_dict(), "arch": self.arch.to_json(), "data": self.dataset.sha256,
-            "parents": self.parents, "samples": self.samples, "segment": self.segment, "seed": self.seed,
+            "config": self.config.as_dict(),
+            "arch": self.arch.to_json(),
+            "data": self.dataset.sha256,
+            "parents": self.parents,
+            "samples": self.samples,
+            "segment": self.segment,
+            "seed": self.seed,
         }
         object.__setattr__(self, "sha256", popmod.digest(desc))
 
@@ -118,7 +122,9 @@ def make_plan(
     check_request(config, samples, chains, segment, start is not None)
     if start is None:
         if dataset is None:
-            raise UsageError("give a dataset, or start checkpoints whose data is in the store", "start")
+            raise UsageError(
+                "give a dataset, or `start` checkpoints whose data is in the store", "start"
+            )
         arch = arch or ArchSpec(dataset.default_arch_widths())
         check_arch(arch, dataset)
         chains = chains or DEFAULT_CHAINS
@@ -128,60 +134,86 @@ def make_plan(
         store = store if isinstance(store, Store) else Store.open(store)
         if isinstance(start, str):
             if not start.strip():
-                raise UsageError("start needs a manifest query", "start")
+                raise UsageError("`start` needs a manifest query", "start")
             start = select(store.manifest(), start)
         arch, dataset, data_path, starts, parents = _resolve_start(store, start, chains)
     check_arch(arch, dataset)
     if config.method == "mc_dropout" and arch.dropout <= 0:
-        raise UsageError(f"MC dropout needs checkpoints trained with dropout; {arch.name} has none "
-                         "(train with --dropout RATE)")
+        raise UsageError(
+            f"MC dropout needs checkpoints trained with dropout; {arch.name} has none "
+            "(train with --dropout RATE)"
+        )
     name = popmod.check_name(population or f"{dataset.name}-{config.method}")
     seg = segment or max(1, min(samples, BLOCK_ROWS // len(parents)))
     if start is None:
         data_path = store.put_dataset(dataset)
-    return store, Plan(config, arch, dataset, data_path, starts, list(parents), samples, seg, name, seed)
+    return store, Plan(
+        config, arch, dataset, data_path, starts, list(parents), samples, seg, name, seed
+    )
 
 
-def check_request(config: SamplerConfig, samples: int, chains: int | None, segment: int | None,
-                  has_start: bool) -> None:
+def check_request(
+    config: SamplerConfig, samples: int, chains: int | None, segment: int | None, has_start: bool
+) -> None:
     """Checks that need no store (so that bad input never creates one)."""
     if samples < 1:
-        raise UsageError(f"samples must be at least 1, got {samples}", "samples")
+        raise UsageError(f"`samples` must be at least 1, got {samples}", "samples")
     if chains is not None and chains < 1:
-        raise UsageError(f"chains must be at least 1, got {chains}", "chains")
+        raise UsageError(f"`chains` must be at least 1, got {chains}", "chains")
     if segment is not None and segment < 1:
-        raise UsageError(f"segment must be at least 1, got {segment}", "segment")
+        raise UsageError(f"`segment` must be at least 1, got {segment}", "segment")
     if not has_start and config.method in NEED_START:
-        raise UsageError(f"{config.method} works around trained checkpoints: give start checkpoints", "start")
+        raise UsageError(
+            f"{config.method} works around trained checkpoints: give `start` checkpoints", "start"
+        )
 
 
 def _resolve_start(store: Store, start: pd.DataFrame, chains: int | None):
     if start.empty:
-        raise UsageError("start selects no checkpoints", "start")
+        raise UsageError("`start` selects no checkpoints", "start")
     if start["arch"].nunique() > 1:
         names = ", ".join(sorted(set(start["arch_name"] + " " + start["activation"])))
-        raise UsageError(f"start mixes architectures ({names}); select checkpoints of one", "start")
+        raise UsageError(
+            f"`start` mixes architectures ({names}); select checkpoints of one", "start"
+        )
     if start["data_sha256"].nunique() > 1:
-        raise UsageError("start mixes checkpoints trained on different data; select one dataset", "start")
+        raise UsageError(
+            "`start` mixes checkpoints trained on different data; select one dataset", "start"
+        )
     data = start["data"].iloc[0]
     if data is None or data is pd.NA or (isinstance(data, float) and np.isnan(data)):
         raise StoreError("the selected checkpoints' data is not kept in the store")
     n = len(start)
     chains = chains or n
     if chains % n:
-        raise UsageError(f"chains {chains} is not a multiple of the {n} selected checkpoints", "chains")
+        raise UsageError(
+            f"`chains` {chains} is not a multiple of the {n} selected checkpoints", "chains"
+        )
     order = [k % n for k in range(chains)]
     params = torch.from_numpy(store.read_params(start))[order]
     arch = ArchSpec.from_json(start["arch"].iloc[0])
-    return arch, store.load_data(data), data, params, [str(start["model_id"].iloc[i]) for i in order]
+    return (
+        arch,
+        store.load_data(data),
+        data,
+        params,
+        [str(start["model_id"].iloc[i]) for i in order],
+    )
 
 
 def check_population(store: Store, plan: Plan) -> list[int]:
     """Indices of the population's committed segments; refuses another configuration."""
+
     def describe(row: pd.Series) -> str:
-        what = f"{row['kind']} rows" if row["kind"] != "sample" else f"{row['method']} samples with other settings"
-        return (f"population {plan.population!r} already holds {what}; re-run with the same "
-                "arguments to resume, or pass population NAME for a new population")
+        what = (
+            f"{row['kind']} rows"
+            if row["kind"] != "sample"
+            else f"{row['method']} samples with other settings"
+        )
+        return (
+            f"population {plan.population!r} already holds {what}; re-run with the same "
+            "arguments to resume, or pass another `population` NAME for a new population"
+        )
 
     mine = popmod.existing_rows(store, plan.population, plan.sha256, describe)
     return sorted({int(a.rsplit("seg", 1)[1]) for a in mine["array"]})
@@ -205,11 +237,15 @@ def sample(
 ) -> SampleResult:
     """Run (or resume) a sample population and commit its kept samples segment by
     segment. ``progress(n)`` is called as sampler updates (or draws) complete."""
-    store, plan = make_plan(store, config, samples, chains, dataset, arch, start, population, segment, seed)
+    store, plan = make_plan(
+        store, config, samples, chains, dataset, arch, start, population, segment, seed
+    )
     return run_plan(store, plan, progress)
 
 
-def run_plan(store: Store, plan: Plan, progress: Callable[[int], None] | None = None) -> SampleResult:
+def run_plan(
+    store: Store, plan: Plan, progress: Callable[[int], None] | None = None
+) -> SampleResult:
     done = check_population(store, plan)
     if done != list(range(len(done))):
         raise StoreError(f"population {plan.population!r} has gaps in its committed segments")
@@ -239,14 +275,18 @@ def _restore(store: Store, plan: Plan, sampler: Sampler, committed: int):
     if saved is not None and saved[1].get("config_sha256") == plan.sha256:
         return load_state(sampler.state_type, *saved)
     if committed:
-        raise StoreError(f"cannot resume population {plan.population!r}: its sampler state after "
-                         f"segment {committed} is missing; use a new --population")
+        raise StoreError(
+            f"cannot resume population {plan.population!r}: its sampler state after "
+            f"segment {committed} is missing; use a new `population`"
+        )
     return None
 
 
 def _save(store: Store, plan: Plan, state, kept: int) -> None:
     arrays, attrs = save_state(state)
-    store.write_state(plan.state_path(kept), arrays, {**attrs, "config_sha256": plan.sha256, "kept": kept})
+    store.write_state(
+        plan.state_path(kept), arrays, {**attrs, "config_sha256": plan.sha256, "kept": kept}
+    )
 
 
 def _burn_in(plan: Plan, sampler: Sampler, post: LogPosterior, progress):
@@ -265,7 +305,9 @@ def _burn_in(plan: Plan, sampler: Sampler, post: LogPosterior, progress):
     return state
 
 
-def _segment(store: Store, plan: Plan, sampler: Sampler, state, seg: int, progress, divergent: dict):
+def _segment(
+    store: Store, plan: Plan, sampler: Sampler, state, seg: int, progress, divergent: dict
+):
     """Run one segment, save the state after it, commit its samples; return both.
     Chains first seen divergent are added to ``divergent`` (chain -> step)."""
     t0 = time.perf_counter()
@@ -286,19 +328,30 @@ def _segment(store: Store, plan: Plan, sampler: Sampler, state, seg: int, progre
         kept.append(theta[ok].float())
         info.append((i, state.step, ok.clone(), _step_sizes(plan, state), _accept(state)))
     params = torch.cat(kept)
-    rows = [_row(plan, c, i, step, sizes[c], acc[c] if acc is not None else None)
-            for i, step, ok, sizes, acc in info for c in torch.nonzero(ok).flatten().tolist()]
+    rows = [
+        _row(plan, c, i, step, sizes[c], acc[c] if acc is not None else None)
+        for i, step, ok, sizes, acc in info
+        for c in torch.nonzero(ok).flatten().tolist()
+    ]
     params, rows = _drop_nonfinite(plan, params, rows, state, divergent)
     if seg == 0 and sampler.summary is not None:
         params, rows = _add_summary(plan, sampler, state, params, rows)
     if not rows:
-        raise CheckError(f"every chain of population {plan.population!r} diverged (non-finite energy); "
-                         "nothing stored — lower --step-size")
+        raise CheckError(
+            f"every chain of population {plan.population!r} diverged (non-finite energy); "
+            "nothing stored — lower --step-size"
+        )
     for r in rows:
         r["wall_time_s"] = (time.perf_counter() - t0) / len(rows)
     _save(store, plan, state, k1)
-    block = store.commit_block(plan.array_path(seg), params.numpy(), "float32", plan.arch, rows,
-                               f"sample-{plan.population}-seg{seg:06d}")
+    block = store.commit_block(
+        plan.array_path(seg),
+        params.numpy(),
+        "float32",
+        plan.arch,
+        rows,
+        f"sample-{plan.population}-seg{seg:06d}",
+    )
     store.remove_state(plan.state_path(k0))
     return state, block
 
@@ -335,18 +388,32 @@ def _accept(state) -> list[float] | None:
     return state.accept_rate.tolist() if hasattr(state, "accept_rate") else None
 
 
-def _row(plan: Plan, chain: int, index: int, step: int, size, accept, what: str | None = None) -> dict:
+def _row(
+    plan: Plan, chain: int, index: int, step: int, size, accept, what: str | None = None
+) -> dict:
     cfg, ds = plan.config, plan.dataset
     suffix = f"s{index:06d}" if what is None else what
     return {
-        "model_id": f"{plan.population}.c{chain:05d}.{suffix}", "kind": "sample",
+        "model_id": f"{plan.population}.c{chain:05d}.{suffix}",
+        "kind": "sample",
         "method": cfg.method if what is None else f"{cfg.method}-{what}",
-        "population": plan.population, "seed": chain, "dataset": ds.name, "task": ds.task,
-        "data": plan.data_path, "data_sha256": ds.sha256, "config_sha256": plan.sha256,
-        "parent_id": plan.parents[chain], "chain": chain, "step": step,
-        "sample_index": index if what is None else None, "burn_in": cfg.burn_in,
-        "accept_rate": accept, "step_size": size, "temperature": cfg.temperature,
-        "prior_var": cfg.prior_var, "noise_std": cfg.noise_std if ds.task == "regression" else None,
+        "population": plan.population,
+        "seed": chain,
+        "dataset": ds.name,
+        "task": ds.task,
+        "data": plan.data_path,
+        "data_sha256": ds.sha256,
+        "config_sha256": plan.sha256,
+        "parent_id": plan.parents[chain],
+        "chain": chain,
+        "step": step,
+        "sample_index": index if what is None else None,
+        "burn_in": cfg.burn_in,
+        "accept_rate": accept,
+        "step_size": size,
+        "temperature": cfg.temperature,
+        "prior_var": cfg.prior_var,
+        "noise_std": cfg.noise_std if ds.task == "regression" else None,
         "batch_size": cfg.batch_size if cfg.method in ("sgld", "sghmc", "mfvi", "swag") else None,
     }
 
@@ -369,8 +436,10 @@ def _add_summary(plan: Plan, sampler: Sampler, state, params, rows):
 def _metrics(plan: Plan, params: torch.Tensor) -> dict[str, np.ndarray]:
     """Train and test metrics of stacked params, in chunks of models."""
     lik = for_task(plan.dataset.task, plan.config.noise_std)
-    parts = [metrics_of(plan.arch, lik, params[i : i + METRIC_CHUNK], plan.dataset)
-             for i in range(0, len(params), METRIC_CHUNK)]
+    parts = [
+        metrics_of(plan.arch, lik, params[i : i + METRIC_CHUNK], plan.dataset)
+        for i in range(0, len(params), METRIC_CHUNK)
+    ]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 

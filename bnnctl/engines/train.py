@@ -102,7 +102,9 @@ def train_models(
                 keep: list[torch.Tensor] = []
                 xb = x.index_select(0, flat_idx).view(m, b, -1)
                 out = arch.forward(layers, xb, keep, masks)
-                nll, dout = lik.nll_and_grad(out, y.index_select(0, flat_idx).view(m, b, *y.shape[1:]))
+                nll, dout = lik.nll_and_grad(
+                    out, y.index_select(0, flat_idx).view(m, b, *y.shape[1:])
+                )
                 arch.backward(layers, keep, dout.div_(b), grads, masks)
             opt.step()
             loss += nll
@@ -115,7 +117,9 @@ def dropout_masks(arch: ArchSpec, gens: list[torch.Generator], batch: int) -> li
     """Per-model dropout masks (scaled by 1/(1-p)) for one step, from each model's stream."""
     keep = 1.0 - arch.dropout
     return [
-        torch.stack([torch.bernoulli(torch.full((batch, w), keep), generator=g) for g in gens]).div_(keep)
+        torch.stack(
+            [torch.bernoulli(torch.full((batch, w), keep), generator=g) for g in gens]
+        ).div_(keep)
         for w in arch.widths[1:-1]
     ]
 
@@ -136,17 +140,32 @@ def train_block(
     cfg = asdict(pop.config)
     rows = []
     for i, seed in enumerate(seeds):
-        rows.append({
-            "model_id": pop.model_id(seed), "kind": "train", "method": pop.config.optimizer,
-            "population": pop.name, "seed": seed, "dataset": pop.dataset.name,
-            "task": pop.dataset.task, "data": data_path, "data_sha256": pop.dataset.sha256,
-            "parent_id": None, "config_sha256": pop.sha256, **cfg,
-            "wall_time_s": wall, "train_loss": float(train_loss[i]),
-            **{k: float(v[i]) for k, v in metrics.items()},
-        })
+        rows.append(
+            {
+                "model_id": pop.model_id(seed),
+                "kind": "train",
+                "method": pop.config.optimizer,
+                "population": pop.name,
+                "seed": seed,
+                "dataset": pop.dataset.name,
+                "task": pop.dataset.task,
+                "data": data_path,
+                "data_sha256": pop.dataset.sha256,
+                "parent_id": None,
+                "config_sha256": pop.sha256,
+                **cfg,
+                "wall_time_s": wall,
+                "train_loss": float(train_loss[i]),
+                **{k: float(v[i]) for k, v in metrics.items()},
+            }
+        )
     block = f"s{seeds[0]:06d}-{seeds[-1]:06d}"
     return store.commit_block(
-        f"params/{pop.name}/{block}", params.numpy(), pop.dtype, pop.arch, rows,
+        f"params/{pop.name}/{block}",
+        params.numpy(),
+        pop.dtype,
+        pop.arch,
+        rows,
         f"train-{pop.name}-{block}",
     )
 
@@ -183,17 +202,31 @@ def plan(store: Store, pop: Population, seeds: Iterable[int]) -> list[int]:
 
 def describe_conflict(pop: Population, row: pd.Series) -> str:
     if row["kind"] != "train":
-        return f"population {pop.name!r} holds {row['kind']} rows; pass --population NAME for a new one"
-    mine = {"arch": pop.arch.to_json(), "dataset sha256": pop.dataset.sha256, "dtype": pop.dtype,
-            **{k: v for k, v in asdict(pop.config).items()}}
-    theirs = {"arch": row["arch"], "dataset sha256": row["data_sha256"], "dtype": row["dtype"],
-              **{k: row[k] for k in asdict(pop.config)}}
+        return (
+            f"population {pop.name!r} holds {row['kind']} rows; "
+            "pass another `population` NAME for a new one"
+        )
+    mine = {
+        "arch": pop.arch.to_json(),
+        "dataset sha256": pop.dataset.sha256,
+        "dtype": pop.dtype,
+        **{k: v for k, v in asdict(pop.config).items()},
+    }
+    theirs = {
+        "arch": row["arch"],
+        "dataset sha256": row["data_sha256"],
+        "dtype": row["dtype"],
+        **{k: row[k] for k in asdict(pop.config)},
+    }
     diffs = [f"{k} {theirs[k]} (asked: {mine[k]})" for k in mine if str(theirs[k]) != str(mine[k])]
     if "arch" in [d.split(" ")[0] for d in diffs]:
-        diffs = [f"arch {row['arch_name']} {row['activation']} (asked: {pop.arch.name} {pop.arch.activation})"] + [
-            d for d in diffs if not d.startswith("arch ")]
-    return (f"population {pop.name!r} was trained with {'; '.join(diffs) or 'another configuration'}; "
-            "use the same settings to extend it, or --population NAME for a new population")
+        diffs = [
+            f"arch {row['arch_name']} {row['activation']} (asked: {pop.arch.name} {pop.arch.activation})"  # noqa: E501
+        ] + [d for d in diffs if not d.startswith("arch ")]
+    return (
+        f"population {pop.name!r} was trained with {'; '.join(diffs) or 'another configuration'}; "
+        "use the same settings to extend it, or another `population` NAME for a new population"
+    )
 
 
 def train(
@@ -215,12 +248,15 @@ def train(
     pop = make_population(dataset, config, arch, population, dtype)
     for name, value in (("block_size", block_size), ("jobs", jobs)):
         if value < 1:
-            raise UsageError(f"{name} must be at least 1, got {value}", name)
+            raise UsageError(f"`{name}` must be at least 1, got {value}", name)
     seeds = list(seeds)
     if not seeds:
-        raise UsageError("no seeds requested", "seeds")
+        raise UsageError("no `seeds` requested", "seeds")
     if min(seeds) < 0 or max(seeds) > MAX_SEED:
-        raise UsageError(f"seeds must be in 0 .. {MAX_SEED}", "seeds")
+        raise UsageError(
+            f"`seeds` must be non-negative and at most 2**62, got {min(seeds)}..{max(seeds)}",
+            "seeds",
+        )
     if not isinstance(store, Store):
         store = Store.open(store, create=True)
     todo = plan(store, pop, seeds)
@@ -244,7 +280,9 @@ def _worker_init(threads: int, queue) -> None:
 _progress_queue = None
 
 
-def _worker_block(url: str, pop: Population, seeds: list[int], data_path: str | None) -> pd.DataFrame:
+def _worker_block(
+    url: str, pop: Population, seeds: list[int], data_path: str | None
+) -> pd.DataFrame:
     return train_block(Store.open(url), pop, seeds, data_path, _progress_queue.put)
 
 
@@ -257,7 +295,9 @@ def _run_parallel(url, pop, blocks, data_path, jobs, progress) -> list[pd.DataFr
     ctx = mp.get_context("spawn")
     q = ctx.Manager().Queue()
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, q)) as ex:
+    with ProcessPoolExecutor(
+        jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, q)
+    ) as ex:
         futures = [ex.submit(_worker_block, url, pop, b, data_path) for b in blocks]
         pending = set(futures)
         while pending:

@@ -14,7 +14,9 @@ from bnnctl.evaluate.likelihood import Categorical, Gaussian
 ECE_BINS = 15
 
 
-def classification(probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS) -> dict[str, torch.Tensor]:
+def classification(
+    probs: torch.Tensor, y: torch.Tensor, bins: int = ECE_BINS
+) -> dict[str, torch.Tensor]:
     """Metrics ``[M]`` of predictive probabilities ``probs [M, N, C]`` on labels ``y [N]``."""
     y = y.long()
     conf, pred = probs.max(dim=-1)

@@ -26,6 +26,7 @@ import torch
 from bnnctl.samplers.config import SamplerConfig
 from bnnctl.samplers.posterior import LogPosterior, minibatch
 
+
 @dataclass(frozen=True, kw_only=True)
 class ChainState:
     """What every chain carries: positions ``params [M, P]``, one generator per chain,
@@ -39,7 +40,9 @@ class ChainState:
 
     def __post_init__(self) -> None:
         if self.diverged.numel() != self.params.shape[0]:
-            object.__setattr__(self, "diverged", torch.zeros(self.params.shape[0], dtype=torch.bool))
+            object.__setattr__(
+                self, "diverged", torch.zeros(self.params.shape[0], dtype=torch.bool)
+            )
 
 
 @dataclass(frozen=True)
@@ -60,14 +63,18 @@ class Sampler:
         return self.draw is not None
 
 
-def check_divergence(diverged: torch.Tensor, energy: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+def check_divergence(
+    diverged: torch.Tensor, energy: torch.Tensor, params: torch.Tensor
+) -> torch.Tensor:
     """Chains whose energy or parameters are no longer finite (sticky). (A row sum is
     non-finite iff the row holds a NaN or inf, short of overflow at ~1e38.)"""
     bad = ~torch.isfinite(energy) | ~torch.isfinite(params.sum(-1))
     return diverged | bad
 
 
-def batch_for(cfg: SamplerConfig, post: LogPosterior, gens: list[torch.Generator]) -> torch.Tensor | None:
+def batch_for(
+    cfg: SamplerConfig, post: LogPosterior, gens: list[torch.Generator]
+) -> torch.Tensor | None:
     """Per-chain minibatch indices, or None (full batch) when the batch covers the data."""
     return None if cfg.batch_size >= post.n else minibatch(gens, post.n, cfg.batch_size)
 

@@ -4,12 +4,13 @@ the choices without importing torch. Each method module owns its defaults
 
 from __future__ import annotations
 
-from enum import Enum
 import dataclasses
 import math
 from dataclasses import dataclass
+from enum import Enum
 
 from bnnctl.errors import UsageError
+
 
 class Method(str, Enum):
     """Sampling methods; :data:`.registry.REGISTRY` maps each to its module."""
@@ -88,28 +89,66 @@ class SamplerConfig:
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, defaults[name])
         finite = all(
-            math.isfinite(v) for v in (self.step_size, self.prior_var, self.temperature, self.noise_std)
+            math.isfinite(v)
+            for v in (self.step_size, self.prior_var, self.temperature, self.noise_std)
         )
         exact_step = self.method in ("laplace", "mc_dropout")  # they take no steps
         checks = [
-            (finite, "step_size", "step_size, prior_var, temperature and noise_std must be finite"),
-            (self.prior_var > 0, "prior_var", f"prior_var must be positive, got {self.prior_var}"),
-            (self.temperature > 0, "temperature", f"temperature must be positive, got {self.temperature}"),
-            (self.noise_std > 0, "noise_std", f"noise_std must be positive, got {self.noise_std}"),
-            (self.step_size > 0 or (exact_step and self.step_size == 0), "step_size",
-             f"step_size must be positive, got {self.step_size}"),
-            (self.burn_in >= 0, "burn_in", f"burn_in must be >= 0, got {self.burn_in}"),
-            (self.thin >= 1, "thin", f"thin must be >= 1, got {self.thin}"),
-            (self.batch_size >= 1, "batch_size", f"batch_size must be >= 1, got {self.batch_size}"),
-            (0 < self.friction <= 1, "friction", f"friction must be in (0, 1], got {self.friction}"),
-            (self.leapfrog >= 1, "leapfrog", f"leapfrog must be >= 1, got {self.leapfrog}"),
-            (0 < self.target_accept < 1, "target_accept",
-             f"target_accept must be in (0, 1), got {self.target_accept}"),
-            (self.schedule in SCHEDULES, "schedule",
-             f"unknown schedule {self.schedule!r}; choose from {', '.join(SCHEDULES)}"),
-            (self.fisher in FISHERS, "fisher", f"unknown fisher {self.fisher!r}; choose ggn or ef"),
-            (self.rank >= 2, "rank", f"rank must be >= 2, got {self.rank}"),
-            (self.init_std > 0, "init_std", f"init_std must be positive, got {self.init_std}"),
+            (
+                finite,
+                "step_size",
+                "`step_size`, `prior_var`, `temperature` and `noise_std` must be finite",
+            ),
+            (
+                self.prior_var > 0,
+                "prior_var",
+                f"`prior_var` must be positive, got {self.prior_var}",
+            ),
+            (
+                self.temperature > 0,
+                "temperature",
+                f"`temperature` must be positive, got {self.temperature}",
+            ),
+            (
+                self.noise_std > 0,
+                "noise_std",
+                f"`noise_std` must be positive, got {self.noise_std}",
+            ),
+            (
+                self.step_size > 0 or (exact_step and self.step_size == 0),
+                "step_size",
+                f"`step_size` must be positive, got {self.step_size}",
+            ),
+            (self.burn_in >= 0, "burn_in", f"`burn_in` must be >= 0, got {self.burn_in}"),
+            (self.thin >= 1, "thin", f"`thin` must be >= 1, got {self.thin}"),
+            (
+                self.batch_size >= 1,
+                "batch_size",
+                f"`batch_size` must be >= 1, got {self.batch_size}",
+            ),
+            (
+                0 < self.friction <= 1,
+                "friction",
+                f"`friction` must be in (0, 1], got {self.friction}",
+            ),
+            (self.leapfrog >= 1, "leapfrog", f"`leapfrog` must be >= 1, got {self.leapfrog}"),
+            (
+                0 < self.target_accept < 1,
+                "target_accept",
+                f"`target_accept` must be in (0, 1), got {self.target_accept}",
+            ),
+            (
+                self.schedule in SCHEDULES,
+                "schedule",
+                f"unknown `schedule` {self.schedule!r}; choose from {', '.join(SCHEDULES)}",
+            ),
+            (
+                self.fisher in FISHERS,
+                "fisher",
+                f"unknown `fisher` {self.fisher!r}; choose ggn or ef",
+            ),
+            (self.rank >= 2, "rank", f"`rank` must be >= 2, got {self.rank}"),
+            (self.init_std > 0, "init_std", f"`init_std` must be positive, got {self.init_std}"),
         ]
         for ok, param, msg in checks:
             if not ok:
@@ -117,5 +156,3 @@ class SamplerConfig:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-

@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bnnctl.samplers.posterior import LogPosterior, rand, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
+from bnnctl.samplers.posterior import LogPosterior, rand, randn
 
-#: Defaults of the method(s) this module implements. The initial leapfrog step; dual averaging tunes it during burn-in.
+#: Defaults of the method(s) this module implements. The initial leapfrog step; dual averaging tunes it during burn-in.  # noqa: E501
 DEFAULTS = {"hmc": {"step_size": 1e-3, "burn_in": 50}}
 
 JITTER = 0.1
@@ -65,9 +65,16 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         energy, grad = post.energy_and_grad(params)
         diverged = ~torch.isfinite(energy)
         return HMCState(
-            params=params.clone(), gens=gens, diverged=diverged, energy=energy, grad=grad,
-            step_size=_f64(m, config.step_size), log_step_bar=_f64(m, math.log(config.step_size)),
-            h_bar=_f64(m), accepted=_f64(m), divergences=torch.zeros(m, dtype=torch.int64),
+            params=params.clone(),
+            gens=gens,
+            diverged=diverged,
+            energy=energy,
+            grad=grad,
+            step_size=_f64(m, config.step_size),
+            log_step_bar=_f64(m, math.log(config.step_size)),
+            h_bar=_f64(m),
+            accepted=_f64(m),
+            divergences=torch.zeros(m, dtype=torch.int64),
         )
 
     def update(state: HMCState, batch: torch.Tensor | None = None) -> HMCState:
@@ -83,17 +90,21 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         ok = (u.log() < log_accept) if config.metropolis else torch.isfinite(h1)
         ok &= ~divergent
         new = dataclasses.replace(
-            state, params=torch.where(ok[:, None], q, state.params),
+            state,
+            params=torch.where(ok[:, None], q, state.params),
             energy=torch.where(ok, energy, state.energy),
-            grad=torch.where(ok[:, None], grad, state.grad), step=state.step + 1,
+            grad=torch.where(ok[:, None], grad, state.grad),
+            step=state.step + 1,
         )
         adapting = config.adapt and state.step < config.burn_in
         if adapting:
             return _adapt(new, log_accept.clamp(max=0).exp(), config)
-        new.accepted = state.accepted + ok.double()
-        new.divergences = state.divergences + divergent.long()
-        new.proposed = state.proposed + 1
-        return new
+        return dataclasses.replace(
+            new,
+            accepted=state.accepted + ok.double(),
+            divergences=state.divergences + divergent.long(),
+            proposed=state.proposed + 1,
+        )
 
     return Sampler("hmc", init, update, state_type=HMCState)
 
@@ -119,7 +130,7 @@ def _adapt(state: HMCState, accept_prob: torch.Tensor, cfg: SamplerConfig) -> HM
     w = 1.0 / (t + T0)
     h_bar = (1 - w) * state.h_bar + w * (cfg.target_accept - accept_prob)
     log_eps = (mu - math.sqrt(t) / GAMMA * h_bar).clamp(-30, 5)
-    eta = t ** -KAPPA
+    eta = t**-KAPPA
     log_bar = eta * log_eps + (1 - eta) * state.log_step_bar
     done = t >= cfg.burn_in
     step_size = (log_bar if done else log_eps).exp()

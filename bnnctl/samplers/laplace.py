@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 import torch
 
 from bnnctl.evaluate.likelihood import Gaussian, two_class_logits
-from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
+from bnnctl.samplers.posterior import LogPosterior, randn
 
-#: Defaults of the method(s) this module implements. No steps: the curvature is computed once at each checkpoint.
+#: Defaults of the method(s) this module implements. No steps: the curvature is computed once at each checkpoint.  # noqa: E501
 DEFAULTS = {"laplace": {"step_size": 0.0, "burn_in": 0}}
 
 
@@ -44,14 +44,20 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> LaplaceState:
         curv = diag_curvature(post, params, config.fisher)
         precision = (curv + 1.0 / post.prior_var) / post.temperature
-        return LaplaceState(params=params.clone(), gens=gens, std=precision.rsqrt(),
-                            diverged=~torch.isfinite(precision).all(-1))
+        return LaplaceState(
+            params=params.clone(),
+            gens=gens,
+            std=precision.rsqrt(),
+            diverged=~torch.isfinite(precision).all(-1),
+        )
 
     def update(state: LaplaceState, batch: torch.Tensor | None = None) -> LaplaceState:
         return dataclasses.replace(state, step=state.step + 1)
 
     def draw(state: LaplaceState) -> torch.Tensor:
-        return state.params + state.std * randn(state.gens, state.params.shape[1], state.params.dtype)
+        return state.params + state.std * randn(
+            state.gens, state.params.shape[1], state.params.dtype
+        )
 
     def summary(state: LaplaceState) -> dict[str, torch.Tensor]:
         return {"std": state.std}

@@ -18,10 +18,10 @@ import dataclasses
 import torch
 
 from bnnctl.errors import UsageError
-from bnnctl.samplers.posterior import LogPosterior
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
+from bnnctl.samplers.posterior import LogPosterior
 
-#: Defaults of the method(s) this module implements. No steps: draws are dropout masks on the checkpoint.
+#: Defaults of the method(s) this module implements. No steps: draws are dropout masks on the checkpoint.  # noqa: E501
 DEFAULTS = {"mc_dropout": {"step_size": 0.0, "burn_in": 0}}
 
 
@@ -29,12 +29,15 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """MC dropout at the arch's dropout rate; nothing to fit."""
     arch = post.arch
     if arch.dropout <= 0:
-        raise UsageError(f"MC dropout needs an architecture trained with dropout; {arch.name} has none "
-                         "(train with --dropout RATE)")
+        raise UsageError(
+            f"MC dropout needs an architecture trained with dropout; {arch.name} has none "
+            "(train with --dropout RATE)"
+        )
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> ChainState:
-        return ChainState(params=params.clone(), gens=gens,
-                          diverged=~torch.isfinite(params).all(-1))
+        return ChainState(
+            params=params.clone(), gens=gens, diverged=~torch.isfinite(params).all(-1)
+        )
 
     def update(state: ChainState, batch: torch.Tensor | None = None) -> ChainState:
         return dataclasses.replace(state, step=state.step + 1)
@@ -49,7 +52,9 @@ def masks(arch, gens: list[torch.Generator], dtype: torch.dtype) -> list[torch.T
     """Per-chain unit masks ``[M, width]`` per hidden layer, scaled by 1/(1 − p)."""
     keep = 1.0 - arch.dropout
     return [
-        torch.stack([torch.bernoulli(torch.full((w,), keep, dtype=dtype), generator=g) for g in gens]).div_(keep)
+        torch.stack(
+            [torch.bernoulli(torch.full((w,), keep, dtype=dtype), generator=g) for g in gens]
+        ).div_(keep)
         for w in arch.widths[1:-1]
     ]
 

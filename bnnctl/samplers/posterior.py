@@ -61,8 +61,13 @@ class LogPosterior:
 
     @classmethod
     def of(
-        cls, arch: ArchSpec, ds: Dataset, prior_var: float = 1.0, temperature: float = 1.0,
-        noise_std: float = 1.0, dtype: torch.dtype = torch.float32,
+        cls,
+        arch: ArchSpec,
+        ds: Dataset,
+        prior_var: float = 1.0,
+        temperature: float = 1.0,
+        noise_std: float = 1.0,
+        dtype: torch.dtype = torch.float32,
     ) -> LogPosterior:
         """The posterior of ``arch`` on the training split of ``ds``."""
         x = torch.from_numpy(ds.x_train).to(dtype)
@@ -85,7 +90,10 @@ class LogPosterior:
         estimate over per-chain indices ``idx [M, B]``; ``[M]`` float64."""
         with torch.no_grad():
             return sum(
-                self.likelihood.nll_and_grad(self.arch.forward(params, x, None, masks), y)[0].double() * s
+                self.likelihood.nll_and_grad(self.arch.forward(params, x, None, masks), y)[
+                    0
+                ].double()
+                * s
                 for x, y, s in self._batches(params, idx)
             )
 
@@ -120,8 +128,11 @@ class LogPosterior:
             for i in range(0, m, group):
                 sl = slice(i, i + group)
                 energy[sl] = self._nll_and_grad(
-                    params[sl], None if idx is None else idx[sl],
-                    None if masks is None else [mk[sl] for mk in masks], grad[sl])
+                    params[sl],
+                    None if idx is None else idx[sl],
+                    None if masks is None else [mk[sl] for mk in masks],
+                    grad[sl],
+                )
             if prior:
                 energy -= self.log_prior(params)
                 grad.add_(params, alpha=1.0 / self.prior_var).div_(self.temperature)
@@ -151,11 +162,19 @@ class LogPosterior:
         dtype = params.dtype
         if idx is not None:
             y = self.y[idx]
-            yield self.x[idx].to(dtype), (y.to(dtype) if y.is_floating_point() else y), self.n / idx.shape[1]
+            yield (
+                self.x[idx].to(dtype),
+                (y.to(dtype) if y.is_floating_point() else y),
+                self.n / idx.shape[1],
+            )
             return
         for i in range(0, self.n, CHUNK):
             y = self.y[i : i + CHUNK]
-            yield self.x[i : i + CHUNK].to(dtype), (y.to(dtype) if y.is_floating_point() else y), 1.0
+            yield (
+                self.x[i : i + CHUNK].to(dtype),
+                (y.to(dtype) if y.is_floating_point() else y),
+                1.0,
+            )
 
 
 def minibatch(gens: list[torch.Generator], n: int, size: int) -> torch.Tensor:
@@ -176,4 +195,3 @@ def randn(gens: list[torch.Generator], p: int, dtype: torch.dtype) -> torch.Tens
 def rand(gens: list[torch.Generator], dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """One uniform(0, 1) number per chain ``[M]``."""
     return torch.stack([torch.rand((), generator=g, dtype=dtype) for g in gens])
-

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import (
     ChainState,
     Sampler,
@@ -35,9 +34,13 @@ from bnnctl.samplers.base import (
     check_divergence,
     step_size_at,
 )
+from bnnctl.samplers.posterior import LogPosterior, randn
 
-#: Defaults of the method(s) this module implements. Step sizes act on the summed energy U_T, so they shrink with N.
-DEFAULTS = {"sgld": {"step_size": 1e-5, "burn_in": 100}, "sghmc": {"step_size": 1e-5, "burn_in": 100}}
+#: Defaults of the method(s) this module implements. Step sizes act on the summed energy U_T, so they shrink with N.  # noqa: E501
+DEFAULTS = {
+    "sgld": {"step_size": 1e-5, "burn_in": 100},
+    "sghmc": {"step_size": 1e-5, "burn_in": 100},
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -66,7 +69,11 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         energy, grad = post.energy_and_grad(state.params, idx)
         params, momenta = step(config, state, grad)
         return dataclasses.replace(
-            state, params=params, momenta=momenta, energy=energy, step=state.step + 1,
+            state,
+            params=params,
+            momenta=momenta,
+            energy=energy,
+            step=state.step + 1,
             diverged=check_divergence(state.diverged, energy, params),
         )
 
@@ -75,7 +82,9 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
 
 def _sgld_step(cfg: SamplerConfig, state: SGState, grad: torch.Tensor):
     eps = step_size_at(cfg, state.step)
-    step = randn(state.gens, grad.shape[1], grad.dtype).mul_(math.sqrt(2 * eps)).sub_(grad, alpha=eps)
+    step = (
+        randn(state.gens, grad.shape[1], grad.dtype).mul_(math.sqrt(2 * eps)).sub_(grad, alpha=eps)
+    )
     return step.add_(state.params), state.momenta
 
 

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig, batch_for, check_divergence
+from bnnctl.samplers.posterior import LogPosterior, randn
 
-#: Defaults of the method(s) this module implements. SGD's learning rate on per-point scales; burn-in steps before the snapshots.
+#: Defaults of the method(s) this module implements. SGD's learning rate on per-point scales; burn-in steps before the snapshots.  # noqa: E501
 DEFAULTS = {"swag": {"step_size": 0.05, "burn_in": 100}}
 
 MOMENTUM = 0.9
@@ -51,8 +51,14 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> SWAGState:
         m, p = params.shape
         z = torch.zeros_like(params)
-        return SWAGState(params=params.clone(), gens=gens, velocity=z, mean=z.clone(),
-                         sq_mean=z.clone(), dev=torch.zeros((m, k, p), dtype=params.dtype))
+        return SWAGState(
+            params=params.clone(),
+            gens=gens,
+            velocity=z,
+            mean=z.clone(),
+            sq_mean=z.clone(),
+            dev=torch.zeros((m, k, p), dtype=params.dtype),
+        )
 
     def update(state: SWAGState, batch: torch.Tensor | None = None) -> SWAGState:
         idx = batch if batch is not None else batch_for(config, post, state.gens)
@@ -60,11 +66,17 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         velocity = MOMENTUM * state.velocity + grad / post.n
         params = state.params - config.step_size * velocity
         new = dataclasses.replace(
-            state, params=params, velocity=velocity, energy=energy, step=state.step + 1,
+            state,
+            params=params,
+            velocity=velocity,
+            energy=energy,
+            step=state.step + 1,
             diverged=check_divergence(state.diverged, energy, params),
         )
         after = new.step - config.burn_in
-        return _collect(new) if after > 0 and after % config.thin == 0 and state.collected < k else new
+        return (
+            _collect(new) if after > 0 and after % config.thin == 0 and state.collected < k else new
+        )
 
     def draw(state: SWAGState) -> torch.Tensor:
         m, p = state.params.shape

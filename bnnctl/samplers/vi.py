@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from bnnctl.samplers.posterior import LogPosterior, randn
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig, batch_for, check_divergence
+from bnnctl.samplers.posterior import LogPosterior, randn
 
-#: Defaults of the method(s) this module implements. Adam's learning rate on per-point scales; burn-in is the fitting steps.
+#: Defaults of the method(s) this module implements. Adam's learning rate on per-point scales; burn-in is the fitting steps.  # noqa: E501
 DEFAULTS = {"mfvi": {"step_size": 1e-3, "burn_in": 1000}}
 
 BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
@@ -60,7 +60,9 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> VIState:
         rho = torch.full_like(params, inverse_softplus(config.init_std))
         zeros = torch.zeros((2, *params.shape), dtype=params.dtype)
-        return VIState(params=params.clone(), gens=gens, rho=rho, adam_m=zeros, adam_v=zeros.clone())
+        return VIState(
+            params=params.clone(), gens=gens, rho=rho, adam_m=zeros, adam_v=zeros.clone()
+        )
 
     def update(state: VIState, batch: torch.Tensor | None = None) -> VIState:
         idx = batch if batch is not None else batch_for(config, post, state.gens)
@@ -68,17 +70,31 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         sigma = F.softplus(rho)
         eps = randn(state.gens, mu.shape[1], mu.dtype)
         nll, g = post.energy_and_grad(mu + sigma * eps, idx, prior=False)
-        kl = (math.log(math.sqrt(s2)) - sigma.log() + (sigma**2 + mu**2) / (2 * s2) - 0.5).double().sum(-1)
+        kl = (
+            (math.log(math.sqrt(s2)) - sigma.log() + (sigma**2 + mu**2) / (2 * s2) - 0.5)
+            .double()
+            .sum(-1)
+        )
         g_mu = g + temp * mu / s2
         g_rho = (g * eps + temp * (sigma / s2 - 1 / sigma)) * torch.sigmoid(rho)
         t = state.step + 1
         m = BETAS[0] * state.adam_m + (1 - BETAS[0]) * torch.stack([g_mu, g_rho])
         v = BETAS[1] * state.adam_v + (1 - BETAS[1]) * torch.stack([g_mu, g_rho]).square()
-        delta = config.step_size * (m / (1 - BETAS[0] ** t)) / ((v / (1 - BETAS[1] ** t)).sqrt() + ADAM_EPS)
+        delta = (
+            config.step_size
+            * (m / (1 - BETAS[0] ** t))
+            / ((v / (1 - BETAS[1] ** t)).sqrt() + ADAM_EPS)
+        )
         energy = nll + temp * kl
         return dataclasses.replace(
-            state, params=mu - delta[0], rho=rho - delta[1], adam_m=m, adam_v=v, step=t,
-            energy=energy, diverged=check_divergence(state.diverged, energy, mu - delta[0]),
+            state,
+            params=mu - delta[0],
+            rho=rho - delta[1],
+            adam_m=m,
+            adam_v=v,
+            step=t,
+            energy=energy,
+            diverged=check_divergence(state.diverged, energy, mu - delta[0]),
         )
 
     def draw(state: VIState) -> torch.Tensor:

@@ -38,5 +38,3 @@ entropy in nats):
 :func:`compute` returns a JSON-able dict of the stable shape documented in
 :data:`JSON_SHAPE` and a :class:`Context` of the arrays behind it (for plots.py).
 """
-
-

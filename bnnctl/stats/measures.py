@@ -37,7 +37,10 @@ def bma_curve(probs: torch.Tensor, y: torch.Tensor, seed: int = 0) -> list[dict]
     """BMA metrics of the first k members of a seeded random order, k in :func:`curve_sizes`."""
     order = torch.from_numpy(np.random.default_rng(seed).permutation(probs.shape[0]))
     csum = torch.cumsum(probs[order], 0)
-    return [{"members": k, **_floats(classification(csum[k - 1 : k] / k, y))} for k in curve_sizes(probs.shape[0])]
+    return [
+        {"members": k, **_floats(classification(csum[k - 1 : k] / k, y))}
+        for k in curve_sizes(probs.shape[0])
+    ]
 
 
 def pair_indices(m: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -46,7 +49,9 @@ def pair_indices(m: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndar
     if total <= pairs:
         i, j = np.triu_indices(m, 1)
         return i, j
-    k = np.sort(np.random.default_rng(seed).choice(total, size=pairs, replace=False)).astype(np.int64)
+    k = np.sort(np.random.default_rng(seed).choice(total, size=pairs, replace=False)).astype(
+        np.int64
+    )
     # invert k = i*m - i(i+1)/2 + (j - i - 1), the row-major index of (i, j) in the triangle
     i = (m - 2 - np.floor(np.sqrt(-8.0 * k + 4.0 * m * (m - 1) - 7) / 2.0 - 0.5)).astype(np.int64)
     j = k + i + 1 - total + (m - i) * (m - i - 1) // 2

@@ -53,20 +53,32 @@ def one_group(rows: pd.DataFrame, what: str) -> None:
     if rows["arch"].nunique() > 1 or rows["data_sha256"].nunique() > 1:
         groups = rows.groupby(["arch_name", "dataset"]).size()
         desc = ", ".join(f"{a} on {d} ({n})" for (a, d), n in groups.items())
-        raise UsageError(f"{what} needs one architecture and one dataset; the selection has {desc}; narrow it with --where")
+        raise UsageError(
+            f"{what} needs one architecture and one dataset; the selection has {desc}; narrow it with --where"  # noqa: E501
+        )
     if rows["data"].isna().any():
-        raise UsageError(f"{what}: the selected rows have no data stored in the store to evaluate on")
+        raise UsageError(
+            f"{what}: the selected rows have no data stored in the store to evaluate on"
+        )
 
 
-def evaluate_members(store: Store, rows: pd.DataFrame, what: str = "evaluation", pool: Members | None = None) -> Members:
+def evaluate_members(
+    store: Store, rows: pd.DataFrame, what: str = "evaluation", pool: Members | None = None
+) -> Members:
     """Read and run the selected models on their population's stored test data (taken
     from ``pool`` when it already evaluated all of them)."""
     one_group(rows, what)
-    if pool is not None and rows["arch"].iloc[0] == pool.arch.to_json() and rows["data"].iloc[0] == pool.rows["data"].iloc[0]:
+    if (
+        pool is not None
+        and rows["arch"].iloc[0] == pool.arch.to_json()
+        and rows["data"].iloc[0] == pool.rows["data"].iloc[0]
+    ):
         pos = pd.Series(np.arange(len(pool.rows)), index=pool.rows["model_id"].to_numpy())
         if rows["model_id"].isin(pos.index).all():
             idx = pos.loc[rows["model_id"]].to_numpy().copy()
-            return Members(rows, pool.arch, pool.data, pool.params[idx], pool.out[torch.from_numpy(idx)], 0.0)
+            return Members(
+                rows, pool.arch, pool.data, pool.params[idx], pool.out[torch.from_numpy(idx)], 0.0
+            )
     t0 = time.perf_counter()
     arch = ArchSpec.from_json(rows["arch"].iloc[0])
     data = store.load_data(rows["data"].iloc[0])
@@ -89,8 +101,13 @@ def evaluation_report(mem: Members) -> dict:
         diffs[k] = float(np.abs(v.double().numpy()[ok] - rec[ok]).max()) if ok.any() else None
     m = len(mem.rows)
     return {
-        "arch": mem.arch.name, "dataset": mem.data.name, "n_members": m, "n_test": int(len(y)),
-        "seconds": mem.seconds, "models_per_s": m / max(mem.seconds, 1e-9), "max_abs_diff_vs_manifest": diffs,
+        "arch": mem.arch.name,
+        "dataset": mem.data.name,
+        "n_members": m,
+        "n_test": int(len(y)),
+        "seconds": mem.seconds,
+        "models_per_s": m / max(mem.seconds, 1e-9),
+        "max_abs_diff_vs_manifest": diffs,
     }
 
 
@@ -104,8 +121,15 @@ def ensemble_report(mem: Members, pairs: int = 1000, seed: int = 0) -> tuple[dic
     p = mem.probs
     i, j = pair_indices(len(p), pairs, seed)
     mi, dis = pairwise_diversity(p, i, j) if len(i) else (np.zeros(0), np.zeros(0))
-    div = None if not len(i) else {
-        "n_pairs": int(len(i)), "mutual_information": describe(mi), "disagreement": describe(dis)}
+    div = (
+        None
+        if not len(i)
+        else {
+            "n_pairs": int(len(i)),
+            "mutual_information": describe(mi),
+            "disagreement": describe(dis),
+        }
+    )
     rep = {"bma": bma(p, y), "curve": bma_curve(p, y, seed), "diversity": div}
     return rep, {"mi": mi, "disagreement": dis}
 
@@ -120,4 +144,9 @@ def ood_report(mem: Members, ood: str) -> dict:
     s_in = ood_scores(mem.probs)
     s_out = ood_scores(Categorical().probs(mem.outputs_on(x)))
     scores = {k: detection_metrics(s_in[k], s_out[k]) for k in s_in}
-    return {"source": source, "n_in": int(len(mem.data.x_test)), "n_out": int(len(x)), "scores": scores}
+    return {
+        "source": source,
+        "n_in": int(len(mem.data.x_test)),
+        "n_out": int(len(x)),
+        "scores": scores,
+    }

@@ -32,21 +32,41 @@ def mmd2_from_kernel(k: torch.Tensor, m: int) -> float:
     )
 
 
-def mmd(x: np.ndarray, y: np.ndarray, multiples=BANDWIDTH_MULTIPLES, max_n: int = 256, seed: int = 0) -> dict:
+def mmd(
+    x: np.ndarray, y: np.ndarray, multiples=BANDWIDTH_MULTIPLES, max_n: int = 256, seed: int = 0
+) -> dict:
     """Unbiased MMD² of weight clouds ``x [m,P]`` and ``y [n,P]`` under Gaussian and
     Laplace kernels, bandwidths = ``multiples`` × the median pooled distance; each side
     subsampled to ``max_n`` rows (seeded) to bound the O((m+n)² P) cost."""
     rng = np.random.default_rng(seed)
-    x, y = (a if len(a) <= max_n else a[np.sort(rng.choice(len(a), max_n, replace=False))] for a in (x, y))
+    x, y = (
+        a if len(a) <= max_n else a[np.sort(rng.choice(len(a), max_n, replace=False))]
+        for a in (x, y)
+    )
     if len(x) < 2 or len(y) < 2:
         raise UsageError("MMD needs at least two models on each side")
     z = torch.from_numpy(np.concatenate([x, y]).astype(np.float64))
     d2 = torch.cdist(z, z, p=2.0)
     d1 = torch.cdist(z, z, p=1.0)
     med2, med1 = _offdiag_median(d2), _offdiag_median(d1)
-    out = {"n_a": len(x), "n_b": len(y), "median_l2": med2, "median_l1": med1, "gaussian": [], "laplace": []}
+    out = {
+        "n_a": len(x),
+        "n_b": len(y),
+        "median_l2": med2,
+        "median_l1": med1,
+        "gaussian": [],
+        "laplace": [],
+    }
     for c in multiples:
         s2, s1 = c * med2, c * med1
-        out["gaussian"].append({"multiple": c, "sigma": s2, "mmd2": mmd2_from_kernel(torch.exp(-(d2**2) / (2 * s2 * s2)), len(x))})
-        out["laplace"].append({"multiple": c, "sigma": s1, "mmd2": mmd2_from_kernel(torch.exp(-d1 / s1), len(x))})
+        out["gaussian"].append(
+            {
+                "multiple": c,
+                "sigma": s2,
+                "mmd2": mmd2_from_kernel(torch.exp(-(d2**2) / (2 * s2 * s2)), len(x)),
+            }
+        )
+        out["laplace"].append(
+            {"multiple": c, "sigma": s1, "mmd2": mmd2_from_kernel(torch.exp(-d1 / s1), len(x))}
+        )
     return out

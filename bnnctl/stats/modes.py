@@ -11,7 +11,9 @@ from bnnctl.symmetry.modes import MODE_RTOL, count_modes
 # --- canonical rows ------------------------------------------------------------------------
 
 
-def split_canonical(man: pd.DataFrame, rows: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+def split_canonical(
+    man: pd.DataFrame, rows: pd.DataFrame
+) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The raw (non-canonical) rows of a selection, with the parents of selected canonical
     rows; and the store's canonical rows of those, by canonicalisation method."""
     raw = rows[rows["kind"] != "canonical"]
@@ -27,7 +29,10 @@ def modes_report(store: Store, rows: pd.DataFrame, tol: float = MODE_RTOL) -> di
     raw, canon = split_canonical(store.manifest(), rows)
     if not canon or raw.empty or raw["n_params"].nunique() > 1:
         return None
-    after = {k: {"n_rows": len(g), "n_modes": count_modes(store.read_params(g), tol)} for k, g in canon.items()}
+    after = {
+        k: {"n_rows": len(g), "n_modes": count_modes(store.read_params(g), tol)}
+        for k, g in canon.items()
+    }
     allc = pd.concat(canon.values())
     both = allc[["l2_mass_before", "l2_mass_after"]].astype(float).dropna()
     excess = 100 * (both["l2_mass_before"] - both["l2_mass_after"]) / both["l2_mass_after"]
@@ -35,7 +40,9 @@ def modes_report(store: Store, rows: pd.DataFrame, tol: float = MODE_RTOL) -> di
         "tolerance": tol,
         "before": {"n_rows": len(raw), "n_modes": count_modes(store.read_params(raw), tol)},
         "after": after,
-        "l2_mass_excess_pct": {"n": len(excess), **describe(excess.to_numpy())} if len(excess) else None,
+        "l2_mass_excess_pct": {"n": len(excess), **describe(excess.to_numpy())}
+        if len(excess)
+        else None,
     }
 
 

@@ -47,7 +47,9 @@ def builtin_ood(ds: Dataset) -> tuple[np.ndarray, str]:
     if ds.x_train.min() >= 0 and ds.x_train.max() <= 1:
         return (1.0 - x).astype(np.float32), "builtin: inverted test images (1 - x)"
     mu = ds.x_train.mean(0, dtype=np.float64)
-    return (mu + 3 * (x - mu)).astype(np.float32), "builtin: test points pushed out from the training mean (mu + 3(x - mu))"
+    return (mu + 3 * (x - mu)).astype(
+        np.float32
+    ), "builtin: test points pushed out from the training mean (mu + 3(x - mu))"
 
 
 def load_ood(path: str | Path, n_features: int) -> np.ndarray:
@@ -59,14 +61,18 @@ def load_ood(path: str | Path, n_features: int) -> np.ndarray:
         with np.load(p, allow_pickle=False) as z:
             key = next((k for k in ("x", "x_ood", "x_test") if k in z.files), None)
             if key is None:
-                raise DataError(f"{p}: no array named x, x_ood or x_test (found {', '.join(z.files) or 'none'})")
+                raise DataError(
+                    f"{p}: no array named x, x_ood or x_test (found {', '.join(z.files) or 'none'})"
+                )
             x = z[key]
     except DataError:
         raise
     except Exception as e:
         raise DataError(f"cannot read {p} as an .npz file: {e}") from None
     if x.dtype.kind not in "fiub" or x.ndim < 2 or len(x) == 0:
-        raise DataError(f"{p}: OOD features must be a non-empty numeric [N, features] array, got {x.dtype} {x.shape}")
+        raise DataError(
+            f"{p}: OOD features must be a non-empty numeric [N, features] array, got {x.dtype} {x.shape}"  # noqa: E501
+        )
     x = x.reshape(len(x), -1).astype(np.float32)
     if x.shape[1] != n_features:
         raise DataError(f"{p}: OOD data has {x.shape[1]} features but the models take {n_features}")

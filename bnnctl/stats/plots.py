@@ -57,14 +57,20 @@ def write_all(store: Store, ctx: Context, folder: str | Path) -> list[Path]:
         if ctx.curve:
             save(bma_curve(ctx.curve), "bma_curve.png")
         if len(ctx.pair_arrays.get("mi", [])):
-            save(pairwise_mi(ctx.pair_arrays["mi"], ctx.pair_arrays["disagreement"]), "pairwise_mi.png")
+            save(
+                pairwise_mi(ctx.pair_arrays["mi"], ctx.pair_arrays["disagreement"]),
+                "pairwise_mi.png",
+            )
         excess = _excess(ctx)
         if len(excess):
             save(excess_mass(excess), "excess_mass.png")
     sel = ctx.selection
     if sel is not None:
-        small = sel[(sel["arch_name"] == "mlp:2-2-1") & sel["activation"].isin(["relu", "leaky_relu"])
-                    & (sel["kind"] != "canonical")]
+        small = sel[
+            (sel["arch_name"] == "mlp:2-2-1")
+            & sel["activation"].isin(["relu", "leaky_relu"])
+            & (sel["kind"] != "canonical")
+        ]
         if len(small):
             save(fig1_221(store.read_params(small)), "fig1_221.png")
     return written
@@ -74,7 +80,9 @@ def label_of(rows: pd.DataFrame) -> np.ndarray:
     """Colour label per row: 'chain k' for sampler chains, else method (population)."""
     chain = rows["chain"] if "chain" in rows else pd.Series([pd.NA] * len(rows))
     method = rows["method"].astype(str) + " (" + rows["population"].astype(str) + ")"
-    return np.array([f"chain {int(c)}" if pd.notna(c) else m for c, m in zip(chain, method, strict=True)])
+    return np.array(
+        [f"chain {int(c)}" if pd.notna(c) else m for c, m in zip(chain, method, strict=True)]
+    )
 
 
 def _canonical(store: Store, ctx: Context, labels: np.ndarray):
@@ -92,7 +100,9 @@ def _excess(ctx: Context) -> np.ndarray:
         return np.zeros(0)
     allc = pd.concat(ctx.canonical.values())
     both = allc[["l2_mass_before", "l2_mass_after"]].astype(float).dropna()
-    return (100 * (both["l2_mass_before"] - both["l2_mass_after"]) / both["l2_mass_after"]).to_numpy()
+    return (
+        100 * (both["l2_mass_before"] - both["l2_mass_after"]) / both["l2_mass_after"]
+    ).to_numpy()
 
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str, xl: str, yl: str) -> None:
@@ -121,15 +131,30 @@ def weights_pca_tsne(raw, labels, canon=None, canon_labels=None, method=None):
             continue
         pca = PCA(2).fit(x)
         ev = pca.explained_variance_ratio_ * 100
-        _scatter(axes[0, col], pca.transform(x), lab, f"PCA of {name} ({len(x)} models)",
-                 f"PC1 ({ev[0]:.1f}% var.)", f"PC2 ({ev[1]:.1f}% var.)")
+        _scatter(
+            axes[0, col],
+            pca.transform(x),
+            lab,
+            f"PCA of {name} ({len(x)} models)",
+            f"PC1 ({ev[0]:.1f}% var.)",
+            f"PC2 ({ev[1]:.1f}% var.)",
+        )
         idx = np.random.default_rng(0).permutation(len(x))[:TSNE_MAX]
         if len(idx) < 5:
             axes[1, col].set_title(f"t-SNE of {name}: too few models")
             continue
         z = PCA(min(50, len(idx), x.shape[1])).fit_transform(x[idx])
-        emb = TSNE(2, perplexity=min(30.0, (len(idx) - 1) / 3), init="pca", random_state=0).fit_transform(z)
-        _scatter(axes[1, col], emb, lab[idx], f"t-SNE of {name} ({len(idx)} models)", "t-SNE 1", "t-SNE 2")
+        emb = TSNE(
+            2, perplexity=min(30.0, (len(idx) - 1) / 3), init="pca", random_state=0
+        ).fit_transform(z)
+        _scatter(
+            axes[1, col],
+            emb,
+            lab[idx],
+            f"t-SNE of {name} ({len(idx)} models)",
+            "t-SNE 1",
+            "t-SNE 2",
+        )
     return fig
 
 
@@ -137,8 +162,11 @@ def _pick(arch: ArchSpec) -> list[tuple[str, int]]:
     """A few named single weights: first and second incoming weight of the first hidden
     unit, its bias, and the first weight of the output layer."""
     lay = arch.layout
-    picks = [(f"{lay[0].name}[0,0]", lay[0].offset), (f"{lay[1].name}[0]", lay[1].offset),
-             (f"{lay[-2].name}[0,0]", lay[-2].offset)]
+    picks = [
+        (f"{lay[0].name}[0,0]", lay[0].offset),
+        (f"{lay[1].name}[0]", lay[1].offset),
+        (f"{lay[-2].name}[0,0]", lay[-2].offset),
+    ]
     if lay[0].shape[0] > 1:
         picks.insert(1, (f"{lay[0].name}[1,0]", lay[0].offset + lay[0].shape[1]))
     return picks
@@ -170,8 +198,11 @@ def largest_index(arch: ArchSpec, raw, canon=None):
             continue
         idx = x[:, w.offset : w.offset + w.size].reshape(len(x), *w.shape).argmax(1).ravel()
         ax.hist(idx, bins=bins, alpha=0.6, label=name, density=True)
-    ax.set(title="index of the hidden unit with the largest weight from each input (layer 1)",
-           xlabel="hidden unit index", ylabel="fraction of (model, input) pairs")
+    ax.set(
+        title="index of the hidden unit with the largest weight from each input (layer 1)",
+        xlabel="hidden unit index",
+        ylabel="fraction of (model, input) pairs",
+    )
     ax.legend()
     return fig
 
@@ -181,27 +212,47 @@ def bma_curve(curve: list[dict]):
     k = [c["members"] for c in curve]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     a.plot(k, [c["acc"] for c in curve], "o-")
-    a.set(xscale="log", title="BMA test accuracy vs members", xlabel="members averaged", ylabel="accuracy")
+    a.set(
+        xscale="log",
+        title="BMA test accuracy vs members",
+        xlabel="members averaged",
+        ylabel="accuracy",
+    )
     b.plot(k, [c["nll"] for c in curve], "o-", color="C1")
-    b.set(xscale="log", title="BMA test NLL vs members", xlabel="members averaged", ylabel="NLL (nats)")
+    b.set(
+        xscale="log",
+        title="BMA test NLL vs members",
+        xlabel="members averaged",
+        ylabel="NLL (nats)",
+    )
     return fig
 
 
 def pairwise_mi(mi: np.ndarray, dis: np.ndarray):
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
     a.hist(mi, bins=40)
-    a.set(title=f"pairwise mutual information ({len(mi)} pairs)", xlabel="MI (nats, mean over test points)",
-          ylabel="pairs")
+    a.set(
+        title=f"pairwise mutual information ({len(mi)} pairs)",
+        xlabel="MI (nats, mean over test points)",
+        ylabel="pairs",
+    )
     b.hist(dis, bins=40, color="C1")
-    b.set(title=f"pairwise disagreement ({len(dis)} pairs)", xlabel="fraction of test points", ylabel="pairs")
+    b.set(
+        title=f"pairwise disagreement ({len(dis)} pairs)",
+        xlabel="fraction of test points",
+        ylabel="pairs",
+    )
     return fig
 
 
 def excess_mass(excess: np.ndarray):
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.hist(excess, bins=40)
-    ax.set(title=f"L2-mass excess over the scaling minimum ({len(excess)} models)",
-           xlabel="(L2 before - L2 after) / L2 after  [%]", ylabel="models")
+    ax.set(
+        title=f"L2-mass excess over the scaling minimum ({len(excess)} models)",
+        xlabel="(L2 before - L2 after) / L2 after  [%]",
+        ylabel="models",
+    )
     return fig
 
 
@@ -213,7 +264,9 @@ def scale_sort_221(params: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     arch = ArchSpec((2, 2, 1))
     flat = torch.from_numpy(np.asarray(params, dtype=np.float64))
     scaled = canonicalize(arch, flat, make_transform(arch, ["scale"])).params
-    sorted_ = canonicalize(arch, flat, make_transform(arch, ["perm", "scale"], key="weight0")).params
+    sorted_ = canonicalize(
+        arch, flat, make_transform(arch, ["perm", "scale"], key="weight0")
+    ).params
     return scaled.numpy(), sorted_.numpy()
 
 
@@ -221,10 +274,17 @@ def fig1_221(params: np.ndarray):
     """Laurent et al. Fig. 1: W1[unit 1, input 1] vs W1[unit 2, input 1] of 2-2-1 nets."""
     scaled, sorted_ = scale_sort_221(params)
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.6))
-    for ax, x, name in zip(axes, (params, scaled, sorted_),
-                           ("raw", "after scale removal", "after scale removal and sorting"), strict=True):
+    for ax, x, name in zip(
+        axes,
+        (params, scaled, sorted_),
+        ("raw", "after scale removal", "after scale removal and sorting"),
+        strict=True,
+    ):
         hb = ax.hexbin(x[:, 0], x[:, 2], gridsize=40, mincnt=1, cmap="viridis")
         fig.colorbar(hb, ax=ax, label="models")
-        ax.set(title=f"2-2-1 nets ({len(x)}): {name}", xlabel="weight input 1 -> hidden unit 1",
-               ylabel="weight input 1 -> hidden unit 2")
+        ax.set(
+            title=f"2-2-1 nets ({len(x)}): {name}",
+            xlabel="weight input 1 -> hidden unit 1",
+            ylabel="weight input 1 -> hidden unit 2",
+        )
     return fig

@@ -31,15 +31,15 @@ JSON_SHAPE = {
         "groups": "[{population, kind, method, arch_name, n, test_acc_mean, test_acc_std, ...}]",
     },
     "evaluation": "null | {arch, dataset, n_members, n_test, seconds, models_per_s, "
-    "max_abs_diff_vs_manifest: {acc, nll} (regression: {rmse}); null values where the manifest has none}",
+    "max_abs_diff_vs_manifest: {acc, nll} (regression: {rmse}); null values where the manifest has none}",  # noqa: E501
     "ensemble": "null | {bma: {acc, nll, ece, brier}, curve: [{members, acc, nll, ece, brier}], "
-    "diversity: {n_pairs, mutual_information: {mean, std, median, min, max}, disagreement: {...}} | null}"
+    "diversity: {n_pairs, mutual_information: {mean, std, median, min, max}, disagreement: {...}} | null}"  # noqa: E501
     " (regression: {bma: {rmse}, curve: [], diversity: null})",
     "modes": "null | {tolerance, before: {n_rows, n_modes}, after: {<method>: {n_rows, n_modes}}, "
     "l2_mass_excess_pct: {n, mean, std, median, min, max} | null}",
-    "ood": "null | {source, n_in, n_out, scores: {max_prob|entropy|mutual_information: {auroc, aupr, fpr95}}}",
+    "ood": "null | {source, n_in, n_out, scores: {max_prob|entropy|mutual_information: {auroc, aupr, fpr95}}}",  # noqa: E501
     "compare": "null | {a: {where, n}, b: {where, n}, agreement, total_variation, "
-    "mmd: {before: {n_a, n_b, median_l2, median_l1, gaussian: [{multiple, sigma, mmd2}], laplace: [...]}, "
+    "mmd: {before: {n_a, n_b, median_l2, median_l1, gaussian: [{multiple, sigma, mmd2}], laplace: [...]}, "  # noqa: E501
     "after: {<method>: same} }}",
     "plots": "[paths of PNGs written]",
 }
@@ -48,8 +48,14 @@ JSON_SHAPE = {
 # --- summaries and comparison ----------------------------------------------------------------
 
 
-def compare(store: Store, where_a: str, where_b: str, seed: int = 0, max_n: int = 256,
-            pool: Members | None = None) -> dict:
+def compare(
+    store: Store,
+    where_a: str,
+    where_b: str,
+    seed: int = 0,
+    max_n: int = 256,
+    pool: Members | None = None,
+) -> dict:
     """Agreement and TV of the two BMA predictives; weight-space MMD² before and after
     canonicalisation (per canonicalisation method present for both sides)."""
     from bnnctl.stats.measures import agreement_tv
@@ -63,18 +69,30 @@ def compare(store: Store, where_a: str, where_b: str, seed: int = 0, max_n: int 
             raise UsageError(f"--compare: {w!r} selects no rows")
     splits = [split_canonical(man, s) for s in sel]
     raws = [functional_members(r) for r, _ in splits]
-    out = {"a": {"where": where_a, "n": len(raws[0])}, "b": {"where": where_b, "n": len(raws[1])},
-           "agreement": None, "total_variation": None, "mmd": None}
+    out = {
+        "a": {"where": where_a, "n": len(raws[0])},
+        "b": {"where": where_b, "n": len(raws[1])},
+        "agreement": None,
+        "total_variation": None,
+        "mmd": None,
+    }
     one_group(pd.concat(raws), "--compare")
     mems = [evaluate_members(store, r, "--compare", pool) for r in raws]
     if mems[0].classification:
-        out["agreement"], out["total_variation"] = agreement_tv(mems[0].probs.mean(0), mems[1].probs.mean(0))
+        out["agreement"], out["total_variation"] = agreement_tv(
+            mems[0].probs.mean(0), mems[1].probs.mean(0)
+        )
     after = {}
     for method in sorted(set(splits[0][1]) & set(splits[1][1])):
         ca, cb = splits[0][1][method], splits[1][1][method]
         if len(ca) >= 2 and len(cb) >= 2:
-            after[method] = mmd(store.read_params(ca), store.read_params(cb), max_n=max_n, seed=seed)
-    out["mmd"] = {"before": mmd(mems[0].params, mems[1].params, max_n=max_n, seed=seed), "after": after}
+            after[method] = mmd(
+                store.read_params(ca), store.read_params(cb), max_n=max_n, seed=seed
+            )
+    out["mmd"] = {
+        "before": mmd(mems[0].params, mems[1].params, max_n=max_n, seed=seed),
+        "after": after,
+    }
     return out
 
 
@@ -106,15 +124,28 @@ def compute(
     arrays behind it. ``plot``: a folder to write the figures into (or True to compute
     what the figures need without writing them)."""
     if pairs < 1:
-        raise UsageError(f"pairs must be at least 1, got {pairs}", "pairs")
+        raise UsageError(f"`pairs` must be at least 1, got {pairs}", "pairs")
     if not 0 <= mode_tol < 1:
-        raise UsageError(f"mode_tol must be in [0, 1), got {mode_tol}", "mode_tol")
+        raise UsageError(f"`mode_tol` must be in [0, 1), got {mode_tol}", "mode_tol")
     store = store if isinstance(store, Store) else Store.open(store)
     rows = select(store.manifest(), where)
     if rows.empty:
-        raise UsageError(f"where {where!r} selects no rows" if where else "the store holds no checkpoints", "where")
-    rep = {"format": FORMAT, "where": where, "n_models": len(rows), "summary": summary(rows),
-           "evaluation": None, "ensemble": None, "modes": None, "ood": None, "compare": None, "plots": []}
+        raise UsageError(
+            f"where {where!r} selects no rows" if where else "the store holds no checkpoints",
+            "where",
+        )
+    rep = {
+        "format": FORMAT,
+        "where": where,
+        "n_models": len(rows),
+        "summary": summary(rows),
+        "evaluation": None,
+        "ensemble": None,
+        "modes": None,
+        "ood": None,
+        "compare": None,
+        "plots": [],
+    }
     ctx = Context(selection=rows)
     members = functional_members(rows)
     if plot and not (ensemble or ood):
@@ -127,7 +158,9 @@ def compute(
             ood_report,
         )
 
-        mem = evaluate_members(store, members, "--ensemble" if ensemble else "--ood" if ood else "--plot")
+        mem = evaluate_members(
+            store, members, "--ensemble" if ensemble else "--ood" if ood else "--plot"
+        )
         ctx.members = mem
         rep["evaluation"] = evaluation_report(mem)
         rep["ensemble"], ctx.pair_arrays = ensemble_report(mem, pairs, seed)
@@ -137,7 +170,9 @@ def compute(
         rep["modes"] = modes_report(store, members, mode_tol)
         ctx.raw, ctx.canonical = split_canonical(store.manifest(), members)
     if compare_exprs is not None:
-        rep["compare"] = compare(store, *compare_exprs, seed=seed, max_n=max_n_mmd, pool=ctx.members)
+        rep["compare"] = compare(
+            store, *compare_exprs, seed=seed, max_n=max_n_mmd, pool=ctx.members
+        )
     if isinstance(plot, (str, Path)):
         from bnnctl.stats.plots import write_all
 

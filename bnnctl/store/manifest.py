@@ -105,7 +105,16 @@ def _torch_version() -> str:
 
 
 #: Columns ``bnnctl ls`` shows unless asked for others.
-DEFAULT_COLUMNS = ["model_id", "kind", "method", "seed", "arch_name", "test_acc", "test_nll", "test_ece"]
+DEFAULT_COLUMNS = [
+    "model_id",
+    "kind",
+    "method",
+    "seed",
+    "arch_name",
+    "test_acc",
+    "test_nll",
+    "test_ece",
+]
 
 
 def query(
@@ -120,11 +129,11 @@ def query(
     if sort:
         col = sort.removeprefix("-")
         if col not in df.columns:
-            raise UsageError(f"cannot sort by unknown column {col!r}", "sort")
+            raise UsageError(f"cannot `sort` by unknown column {col!r}", "sort")
         df = df.sort_values(col, ascending=not sort.startswith("-"), kind="stable")
     if limit is not None:
         if limit < 0:
-            raise UsageError(f"limit must be >= 0, got {limit}", "limit")
+            raise UsageError(f"`limit` must be >= 0, got {limit}", "limit")
         df = df.head(limit)
     return df
 
@@ -143,15 +152,17 @@ def pick_columns(df: pd.DataFrame, columns: list[str] | None) -> pd.DataFrame:
     return df[columns]
 
 
-def select_rows(df: pd.DataFrame, where: str | None = None, ids: list[str] | None = None) -> pd.DataFrame:
+def select_rows(
+    df: pd.DataFrame, where: str | None = None, ids: list[str] | None = None
+) -> pd.DataFrame:
     """The rows ``where`` selects, or the rows of ``ids`` in their order (exactly one of
     the two); an empty selection or an unknown id is a :class:`UsageError`."""
     if (where is None) == (ids is None):
-        raise UsageError("select rows with exactly one of where EXPR or ids", "where")
+        raise UsageError("select rows with exactly one of `where` EXPR or `ids`", "where")
     if ids is None:
         rows = select(df, where)
         if rows.empty:
-            raise UsageError(f"where {where!r} selects no rows", "where")
+            raise UsageError(f"`where` {where!r} selects no rows", "where")
         return rows
     known = set(df["model_id"])
     missing = [m for m in ids if m not in known]

@@ -3,7 +3,7 @@ and the JSON Schema in ``schemas/manifest.schema.json`` are both derived.
 
 Every manifest file is written with all columns (null where a column does not apply to
 its kind), so that ``pandas.read_parquet("<store>/manifest")`` reads the folder whole.
-Regenerate the JSON file with ``python -m bnnctl.schema``.
+Regenerate the JSON file with ``python -m bnnctl.store.schema``.
 """
 
 from __future__ import annotations
@@ -14,19 +14,35 @@ import sys
 import pyarrow as pa
 
 S, I, F, B, T = "string", "int64", "float64", "bool", "timestamp"  # noqa: E741
-ARROW = {S: pa.string(), I: pa.int64(), F: pa.float64(), B: pa.bool_(), T: pa.timestamp("us", tz="UTC")}
+ARROW = {
+    S: pa.string(),
+    I: pa.int64(),
+    F: pa.float64(),
+    B: pa.bool_(),
+    T: pa.timestamp("us", tz="UTC"),
+}
 KINDS = ("train", "sample", "canonical", "import")
 
 # name, type, required (non-null for every row), description
 COLUMNS: list[tuple[str, str, bool, str]] = [
     ("model_id", S, True, "Unique id of the checkpoint in this store."),
     ("kind", S, True, "train | sample | canonical | import."),
-    ("method", S, True, "How the row was made: the optimizer (adam, sgd), the sampler, or the canonicalisation."),
+    (
+        "method",
+        S,
+        True,
+        "How the row was made: the optimizer (adam, sgd), the sampler, or the canonicalisation.",
+    ),
     ("population", S, True, "Name of the population: rows made with one configuration."),
     ("seed", I, False, "Seed of the model (train) or chain (sample); null for imports."),
     ("dataset", S, True, "Name of the dataset the population was trained/evaluated on."),
     ("task", S, True, "classification | regression."),
-    ("data", S, False, "Path of the group inside the store that holds x_train, y_train, x_test, y_test."),
+    (
+        "data",
+        S,
+        False,
+        "Path of the group inside the store that holds x_train, y_train, x_test, y_test.",
+    ),
     ("data_sha256", S, True, "Content hash of the dataset's four arrays."),
     ("arch", S, True, "Architecture spec as JSON (kind, widths, activation, dropout)."),
     ("arch_name", S, True, "Short architecture name, e.g. mlp:64-128-128-10."),
@@ -37,13 +53,23 @@ COLUMNS: list[tuple[str, str, bool, str]] = [
     ("dtype", S, True, "Stored dtype of the params array (float32 | float16)."),
     ("sha256", S, True, "sha256 of the row's stored little-endian bytes."),
     ("parent_id", S, False, "model_id this row was derived from; null for roots."),
-    ("config_sha256", S, True, "Hash of the population's configuration (what seeds are derived from)."),
+    (
+        "config_sha256",
+        S,
+        True,
+        "Hash of the population's configuration (what seeds are derived from).",
+    ),
     # training configuration
     ("optimizer", S, False, "adam | sgd."),
     ("lr", F, False, "Peak learning rate."),
     ("momentum", F, False, "SGD momentum."),
     ("nesterov", B, False, "SGD Nesterov momentum."),
-    ("weight_decay", F, False, "Coupled L2 weight decay as in torch.optim (on the mean loss: prior precision N*wd)."),
+    (
+        "weight_decay",
+        F,
+        False,
+        "Coupled L2 weight decay as in torch.optim (on the mean loss: prior precision N*wd).",
+    ),
     ("epochs", I, False, "Training epochs."),
     ("batch_size", I, False, "Minibatch size."),
     ("schedule", S, False, "Learning-rate schedule: constant | cosine | step."),
@@ -71,7 +97,12 @@ COLUMNS: list[tuple[str, str, bool, str]] = [
     ("prior_var", F, False, "Variance of the isotropic Gaussian prior."),
     ("noise_std", F, False, "Gaussian likelihood noise std (regression)."),
     # canonicalisation
-    ("transform", S, False, "JSON description of the transform that made this row from its parent."),
+    (
+        "transform",
+        S,
+        False,
+        "JSON description of the transform that made this row from its parent.",
+    ),
     ("max_logit_diff", F, False, "Max |logit difference| from the parent on the test data."),
     ("l2_mass_before", F, False, "L2 mass of the parent's weights."),
     ("l2_mass_after", F, False, "L2 mass after the transform."),
@@ -90,10 +121,18 @@ def json_schema() -> dict:
     timestamps as ISO 8601 strings)."""
     props = {}
     for name, typ, req, desc in COLUMNS:
-        base = {S: {"type": "string"}, I: {"type": "integer"}, F: {"type": "number"},
-                B: {"type": "boolean"}, T: {"type": "string", "format": "date-time"}}[typ]
-        props[name] = {**base, "description": desc} if req else {
-            "anyOf": [base, {"type": "null"}], "description": desc}
+        base = {
+            S: {"type": "string"},
+            I: {"type": "integer"},
+            F: {"type": "number"},
+            B: {"type": "boolean"},
+            T: {"type": "string", "format": "date-time"},
+        }[typ]
+        props[name] = (
+            {**base, "description": desc}
+            if req
+            else {"anyOf": [base, {"type": "null"}], "description": desc}
+        )
     props["kind"] = {"enum": list(KINDS), "description": props["kind"]["description"]}
     props["sha256"]["pattern"] = props["data_sha256"]["pattern"] = "^[0-9a-f]{64}$"
     props["row"]["minimum"] = props["n_params"]["minimum"] = 0
@@ -114,11 +153,19 @@ def arch_json_schema() -> dict:
         "required": ["kind", "widths", "activation"],
         "properties": {
             "kind": {"enum": ["mlp"]},
-            "widths": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2,
-                       "description": "Layer widths, input first, output last."},
+            "widths": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1},
+                "minItems": 2,
+                "description": "Layer widths, input first, output last.",
+            },
             "activation": {"enum": ["relu", "leaky_relu", "tanh", "gelu"]},
-            "dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1,
-                        "description": "Dropout rate after each hidden activation."},
+            "dropout": {
+                "type": "number",
+                "minimum": 0,
+                "exclusiveMaximum": 1,
+                "description": "Dropout rate after each hidden activation.",
+            },
         },
         "additionalProperties": False,
     }
@@ -131,7 +178,7 @@ def render(make) -> str:
     return json.dumps(make(), indent=2) + "\n"
 
 
-if __name__ == "__main__":  # regenerate schemas/: python -m bnnctl.schema schemas
+if __name__ == "__main__":  # regenerate schemas/: python -m bnnctl.store.schema schemas
     from pathlib import Path
 
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "schemas")

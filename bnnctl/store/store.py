@@ -17,11 +17,11 @@ and a crash at any moment leaves at most an orphan array that no manifest names.
 
 from __future__ import annotations
 
-from enum import Enum
 import contextlib
 import hashlib
 import json
 import os
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +37,8 @@ from bnnctl.version import __version__
 
 #: Version of the on-disk store format this code reads and writes.
 FORMAT_VERSION = 1
+
+
 class DType(str, Enum):
     """Stored dtypes of params arrays."""
 
@@ -55,7 +57,9 @@ MAX_STORED_DATA_BYTES = 512 * 2**20
 
 def row_sha256(row: np.ndarray) -> str:
     """sha256 of one stored row's little-endian bytes."""
-    return hashlib.sha256(np.ascontiguousarray(row, dtype=row.dtype.newbyteorder("<")).tobytes()).hexdigest()
+    return hashlib.sha256(
+        np.ascontiguousarray(row, dtype=row.dtype.newbyteorder("<")).tobytes()
+    ).hexdigest()
 
 
 def _is_url(url: str) -> bool:
@@ -104,7 +108,10 @@ class Store:
             else:
                 fs.makedirs(f"{root}/manifest", exist_ok=True)
                 group = zarr.open_group(zstore, mode="a")
-                group.attrs["bnnctl"] = {"format_version": FORMAT_VERSION, "created_by": __version__}
+                group.attrs["bnnctl"] = {
+                    "format_version": FORMAT_VERSION,
+                    "created_by": __version__,
+                }
         except (PermissionError, OSError) as e:
             raise StoreError(f"cannot open store {url} for writing: {e.strerror or e}") from None
         except Exception as e:  # zarr raises its own errors on foreign or broken groups
@@ -245,8 +252,13 @@ class Store:
         g = self.group.create_group(f"state/{path}", overwrite=True)
         for key, a in arrays.items():
             a = np.ascontiguousarray(a)
-            g.create_array(name=key, data=a, chunks=tuple(max(1, s) for s in a.shape) or None,
-                           compressors=None, overwrite=True)
+            g.create_array(
+                name=key,
+                data=a,
+                chunks=tuple(max(1, s) for s in a.shape) or None,
+                compressors=None,
+                overwrite=True,
+            )
         g.attrs.update({**attrs, "complete": True})
 
     def read_state(self, path: str) -> tuple[dict[str, np.ndarray], dict] | None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pandas as pd
 import pyarrow as pa
-import zarr
 
 from bnnctl.arch import ArchSpec
 from bnnctl.store.manifest import INT_TYPES, read_table
@@ -73,12 +73,16 @@ def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> lis
         ]
     problems = []
     for rec in sub.itertuples():
-        if rec.row >= data.shape[0] or data.shape[1] != rec.n_params or str(data.dtype) != rec.dtype:
+        if (
+            rec.row >= data.shape[0]
+            or data.shape[1] != rec.n_params
+            or str(data.dtype) != rec.dtype
+        ):
             problems.append(
                 Problem(
                     rec.model_id,
                     path,
-                    f"row {rec.row} / shape {data.shape} dtype {data.dtype} disagree with the manifest",
+                    f"row {rec.row} / shape {data.shape} dtype {data.dtype} disagree with the manifest",  # noqa: E501
                 )
             )
             continue
@@ -106,11 +110,19 @@ def _verify_data(store: Store, path: str, sub: pd.DataFrame) -> list[Problem]:
 
 def orphan_arrays(store: Store) -> list[str]:
     """Params arrays no manifest row names: leftovers of interrupted runs, which the
-    same command reuses when re-run. Harmless to readers; listed by ``verify``."""
-    try:
-        members = store.group["params"].members(max_depth=None)
-    except KeyError:
-        return []
+    same command reuses when re-run. Harmless to readers; listed by ``verify``.
+    Found from the arrays' ``zarr.json`` files, so that the ``*.partial`` files a killed
+    zarr write leaves behind are not mistaken for nodes."""
+    root = store.root.rstrip("/")
     named = set(store.manifest()["array"])
-    paths = (f"params/{k}" for k, v in members if isinstance(v, zarr.Array))
-    return sorted(p for p in paths if p not in named)
+    found = []
+    for meta in store.fs.glob(f"{root}/params/**/zarr.json"):
+        with store.fs.open(meta, "rb") as fh:
+            try:
+                is_array = json.load(fh).get("node_type") == "array"
+            except ValueError:  # a truncated zarr.json is an orphan's too
+                is_array = True
+        path = meta[len(root) + 1 : -len("/zarr.json")]
+        if is_array and path not in named:
+            found.append(path)
+    return sorted(found)

@@ -48,5 +48,3 @@ Each step is equivariant under the symmetries removed before it, so
 ``canon(g·θ) = canon(θ)`` for every symmetry ``g`` and ``canon(canon(θ)) = canon(θ)``
 (up to the solver tolerance and exact key ties).
 """
-
-

@@ -8,6 +8,7 @@ import torch
 from bnnctl.arch import ArchSpec, UnitGroup
 from bnnctl.symmetry.transform import mass_tensors
 
+
 def l2_mass(arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
     """``[M]`` sum of squared weights (biases not counted), as float64 (summed in the
     input's precision: torch's cascade summation keeps float32 to ~1e-7)."""

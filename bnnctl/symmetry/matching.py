@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from bnnctl.arch import ArchSpec
-from bnnctl.symmetry.action import unit_rows, permute_
+from bnnctl.symmetry.action import permute_, unit_rows
 
 ALIGN_MAX_ITER = 100
 

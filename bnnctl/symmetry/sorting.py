@@ -8,7 +8,14 @@ import torch
 from bnnctl.arch import ArchSpec, UnitGroup
 from bnnctl.symmetry.action import permute_, unit_mass, unit_rows
 from bnnctl.symmetry.scaling import matvec
-from bnnctl.symmetry.transform import DEFAULT_KEY, KEY_QUANTUM, PC_SQUARINGS, PC_STEPS, TIE_RTOL, mass_tensors
+from bnnctl.symmetry.transform import (
+    DEFAULT_KEY,
+    KEY_QUANTUM,
+    PC_SQUARINGS,
+    PC_STEPS,
+    TIE_RTOL,
+    mass_tensors,
+)
 
 # --- sorting --------------------------------------------------------------------------
 

@@ -3,10 +3,10 @@ architecture and recorded as JSON in the manifest. Torch-free, so the CLI can li
 
 from __future__ import annotations
 
-from enum import Enum
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import Enum
 
 from bnnctl.arch import ArchSpec
 from bnnctl.errors import UsageError
