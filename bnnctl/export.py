@@ -193,9 +193,11 @@ def model_card(meta: pd.DataFrame, fmt: str) -> str:
         else ""
     )
     load = {
-        "safetensors": 'from safetensors.torch import load_file\nnet.load_state_dict(load_file("<model_id>.safetensors"))',  # noqa: E501
+        "safetensors": "from safetensors.torch import load_file\n"
+        'net.load_state_dict(load_file("<model_id>.safetensors"))',
         "torch": 'net.load_state_dict(torch.load("<model_id>.pt", weights_only=True))',
-        "npz": 'z = np.load("models.npz", allow_pickle=False)  # params [n, P], model_id, layout (JSON)',  # noqa: E501
+        "npz": 'z = np.load("models.npz", allow_pickle=False)'
+        "  # params [n, P], model_id, layout (JSON)",
     }[fmt]
     return f"""---
 library_name: bnnctl

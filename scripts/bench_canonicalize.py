@@ -163,7 +163,8 @@ def main() -> None:
     flat = random_models(arch, a.n)
     t = make_transform(arch, ["perm", "scale"])
     print(
-        f"# {a.n} x {arch.name} relu, perm+scale (key {t.key}, l2) + check on {len(x)} test points, "  # noqa: E501
+        f"# {a.n} x {arch.name} relu, perm+scale (key {t.key}, l2) "
+        f"+ check on {len(x)} test points, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
 
@@ -222,7 +223,8 @@ def main() -> None:
     )
     best = {c: min(t[0] for t in ts) for c, ts in times.items()}
     print(
-        f"speed-up, check on 1 thread, key {t.key}, vs plain: {best['plain', 1] / nb * a.n / best[t.key, 1]:.1f}x "  # noqa: E501
+        f"speed-up, check on 1 thread, key {t.key}, vs plain: "
+        f"{best['plain', 1] / nb * a.n / best[t.key, 1]:.1f}x "
         f"(wall); max |plain - vectorised| weight {agree:.2e}"
     )
 

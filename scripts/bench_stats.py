@@ -127,8 +127,9 @@ def main() -> None:
     else:
         print(
             f"stats on {n} x {arch.name}: {total:.2f} s total (target < 30 s for 3072); evaluation "
-            f"{ev['models_per_s']:.0f} models/s ({out['speedup_vs_loop']:.1f}x the nn.Module loop's "  # noqa: E501
-            f"{loop:.0f}/s; {out['eval_gflops']:.0f} GFLOP/s = {out['roofline_fraction']:.0%} of sgemm "  # noqa: E501
+            f"{ev['models_per_s']:.0f} models/s "
+            f"({out['speedup_vs_loop']:.1f}x the nn.Module loop's {loop:.0f}/s; "
+            f"{out['eval_gflops']:.0f} GFLOP/s = {out['roofline_fraction']:.0%} of sgemm "
             f"{peak:.0f}); {out['pairs']} MI pairs; MMD on {out['mmd_n']} models",
             file=sys.stderr,
         )

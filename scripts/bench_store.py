@@ -81,7 +81,8 @@ def main() -> None:
     for (name, dtype), (size, whole, one) in results.items():
         base = results[("none", dtype)]
         print(
-            f"{name:>22} {dtype:>8} {size / base[0]:7.3f} {whole / base[1]:9.2f} {one / base[2]:9.2f} {one * 1e3:7.2f}"  # noqa: E501
+            f"{name:>22} {dtype:>8} {size / base[0]:7.3f} {whole / base[1]:9.2f} "
+            f"{one / base[2]:9.2f} {one * 1e3:7.2f}"
         )
 
 

@@ -14,8 +14,9 @@ def digits():
 
 @pytest.fixture(scope="session")
 def trained_store(tmp_path_factory, digits):
-    """A store with 8 small digits MLPs (mlp:64-32-32-10, relu, Adam lr 1e-2, 5 epochs: ~90 % test accuracy), population
-    'digits'. Session-scoped and shared: tests must not write to it (copy it first)."""  # noqa: E501
+    """A store with 8 small digits MLPs (mlp:64-32-32-10, relu, Adam lr 1e-2, 5 epochs: ~90 %
+    test accuracy), population 'digits'. Session-scoped and shared: tests must not write to
+    it (copy it first)."""
     path = tmp_path_factory.mktemp("stores") / "trained.zarr"
     store = Store.open(path, create=True)
     train(

@@ -199,7 +199,8 @@ def test_pipeline_head_ends_quietly(tmp_path):
         "params/big/b0", np.zeros((n, arch.n_params)), "float32", arch, rows, "import-big-b0"
     )
     r = subprocess.run(
-        f"{sys.executable} -m bnnctl ls --store {tmp_path / 'big.zarr'} --columns all --format jsonl | head -n 2",  # noqa: E501
+        f"{sys.executable} -m bnnctl ls --store {tmp_path / 'big.zarr'} --columns all "
+        "--format jsonl | head -n 2",
         shell=True,
         capture_output=True,
         text=True,
@@ -245,3 +246,35 @@ def test_kill_9_then_rerun_gives_exactly_the_requested_rows(tmp_path, kill_after
     v = bnnctl("verify", "--store", str(s))
     assert v.returncode == 0 and "ok: 8 checkpoints" in v.stderr
     assert Store.open(s).orphan_arrays() == []  # the re-run reused what the kill left
+
+
+def test_progress_without_a_terminal_prints_plain_lines(monkeypatch, capsys):
+    """A log file (nohup, CI) gets a plain progress line about every PLAIN_PROGRESS_EVERY
+    seconds, with done/total, rate and ETA; --quiet prints nothing."""
+    from bnnctl.cli import common
+
+    monkeypatch.setattr(common, "PLAIN_PROGRESS_EVERY", 0.0)
+    with common.progress(False, "train", 40, per_item=4) as advance:
+        for _ in range(10):
+            advance(4)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[-1].startswith("train: 10/10 models, ")
+    assert "models/s" in lines[-1] and ", eta " in lines[0]
+    with common.progress(True, "train", 40) as advance:
+        advance(40)
+    assert capsys.readouterr().err == ""
+
+
+def test_where_examples_in_readme_and_help_are_accepted(trained_store):
+    """Every --where / --from expression the docs show parses under the safe grammar."""
+    import re
+
+    from bnnctl.store.where import check_where
+
+    columns = Store.open(trained_store).manifest().columns
+    docs = (ROOT / "README.md").read_text() + (ROOT / "docs" / "cli.md").read_text()
+    found = re.findall(r"""--(?:where|from|compare) (["'])(.+?)\1""", docs)
+    exprs = {e for _, e in found} | set(re.findall(r'--compare "([^"]+)" "([^"]+)"', docs)[0])
+    assert len(exprs) >= 8
+    for expr in exprs:
+        check_where(expr, columns)

@@ -30,7 +30,10 @@ def canonicalize_cmd(
         str | None,
         typer.Option(
             "--symmetries",
-            help="Comma list of perm, scale (relu, leaky_relu), sign (tanh); default: all of the arch's.",
+            help=(
+                "Comma list of perm, scale (relu, leaky_relu), sign (tanh); default: all of "
+                "the arch's."
+            ),
         ),
     ] = None,
     key: Annotated[

@@ -154,7 +154,9 @@ DataOpt = Annotated[
     str | None,
     typer.Option(
         "--data",
-        help="Your data: an .npz (x_train, y_train, x_test, y_test) or a folder of MNIST IDX files.",
+        help=(
+            "Your data: an .npz (x_train, y_train, x_test, y_test) or a folder of MNIST IDX files."
+        ),
     ),
 ]
 ArchOpt = Annotated[

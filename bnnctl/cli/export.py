@@ -28,7 +28,10 @@ def export_cmd(
         ExportFormat,
         typer.Option(
             "--to",
-            help="safetensors (one file per model), npz (one stacked file) or torch (.pt state_dicts).",
+            help=(
+                "safetensors (one file per model), npz (one stacked file) or torch (.pt "
+                "state_dicts)."
+            ),
         ),
     ] = ExportFormat.safetensors,
     where: WhereOpt = None,
@@ -51,7 +54,7 @@ def export_cmd(
     """Export a selection of checkpoints as safetensors, one .npz or PyTorch state_dicts,
     with a metadata Parquet and a README model card.
 
-    Example: bnnctl ls --where "seed < 100" --format ids | bnnctl export --ids - --to safetensors out/
+    Example: bnnctl ls --where "seed < 100" --format ids | bnnctl export --ids - out/
     """
     wanted = None if ids is None else read_ids(ids)
     files = export(

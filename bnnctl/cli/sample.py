@@ -31,32 +31,86 @@ def _opt(flag: str, text: str) -> Any:
 @command("sample", flags={"start": "--from"})
 def sample_cmd(
     method: Annotated[Method, _opt("--method", "Sampler.")] = Method.sghmc,
-    chains: Annotated[int | None, _opt("--chains", "Chains run together (default 8; with --from, one per selected checkpoint, or a multiple).")] = None,
+    chains: Annotated[
+        int | None,
+        _opt(
+            "--chains",
+            "Chains run together (default 8; with --from, one per selected checkpoint, or a "
+            "multiple).",
+        ),
+    ] = None,
     samples: Annotated[int, _opt("--samples", "Samples kept per chain.")] = 100,
-    burn_in: Annotated[int | None, _opt("--burn-in", "Updates before the first kept sample (MCMC), or fitting steps (mfvi, swag). Default per method.")] = None,
-    thin: Annotated[int, _opt("--thin", "Updates between kept samples (MCMC); steps between SWAG snapshots.")] = 1,
-    step_size: Annotated[float | None, _opt("--step-size", "SGLD/SGHMC step on the summed energy, HMC initial leapfrog step, MFVI Adam / SWAG SGD learning rate.")] = None,
-    prior_var: Annotated[float, _opt("--prior-var", "Variance of the N(0, v I) prior; with the summed NLL, torch weight decay wd means v = 1/(N wd).")] = 1.0,
-    temperature: Annotated[float, _opt("--temperature", "Posterior temperature T: target p(θ|D)^(1/T).")] = 1.0,
+    burn_in: Annotated[
+        int | None,
+        _opt(
+            "--burn-in",
+            "Updates before the first kept sample (MCMC), or fitting steps (mfvi, swag). "
+            "Default per method.",
+        ),
+    ] = None,
+    thin: Annotated[
+        int, _opt("--thin", "Updates between kept samples (MCMC); steps between SWAG snapshots.")
+    ] = 1,
+    step_size: Annotated[
+        float | None,
+        _opt(
+            "--step-size",
+            "SGLD/SGHMC step on the summed energy, HMC initial leapfrog step, MFVI Adam / "
+            "SWAG SGD learning rate.",
+        ),
+    ] = None,
+    prior_var: Annotated[
+        float,
+        _opt(
+            "--prior-var",
+            "Variance of the N(0, v I) prior; with the summed NLL, torch weight decay wd "
+            "means v = 1/(N wd).",
+        ),
+    ] = 1.0,
+    temperature: Annotated[
+        float, _opt("--temperature", "Posterior temperature T: target p(θ|D)^(1/T).")
+    ] = 1.0,
     friction: Annotated[float, _opt("--friction", "SGHMC friction α (1 − momentum).")] = 0.05,
-    noise_std: Annotated[float, _opt("--noise-std", "Gaussian likelihood noise std (regression data).")] = 1.0,
-    batch_size: Annotated[int, _opt("--batch-size", "Minibatch size (SGLD, SGHMC, MFVI, SWAG).")] = 128,
+    noise_std: Annotated[
+        float, _opt("--noise-std", "Gaussian likelihood noise std (regression data).")
+    ] = 1.0,
+    batch_size: Annotated[
+        int, _opt("--batch-size", "Minibatch size (SGLD, SGHMC, MFVI, SWAG).")
+    ] = 128,
     leapfrog: Annotated[int, _opt("--leapfrog", "HMC leapfrog steps per proposal.")] = 10,
-    schedule: Annotated[Schedule, _opt("--schedule", "SGLD/SGHMC step schedule.")] = Schedule.constant,
-    fisher: Annotated[Fisher, _opt("--fisher", "Laplace curvature: GGN or empirical Fisher.")] = Fisher.ggn,
+    schedule: Annotated[
+        Schedule, _opt("--schedule", "SGLD/SGHMC step schedule.")
+    ] = Schedule.constant,
+    fisher: Annotated[
+        Fisher, _opt("--fisher", "Laplace curvature: GGN or empirical Fisher.")
+    ] = Fisher.ggn,
     rank: Annotated[int, _opt("--rank", "SWAG low-rank columns (= snapshots).")] = 20,
-    start: Annotated[str | None, _opt("--from", "Start chains at the checkpoints this --where expression selects, e.g. \"kind == 'train' and seed < 8\".")] = None,
+    start: Annotated[
+        str | None,
+        _opt(
+            "--from",
+            'Start chains at the checkpoints this --where expression selects, e.g. "kind == '
+            "'train' and seed < 8\".",
+        ),
+    ] = None,
     seed: Annotated[int, _opt("--seed", "Seed of the chains' random streams.")] = 0,
-    segment: Annotated[int | None, _opt("--segment", "Samples per chain per committed block (default: about 256 rows a block).")] = None,
+    segment: Annotated[
+        int | None,
+        _opt(
+            "--segment", "Samples per chain per committed block (default: about 256 rows a block)."
+        ),
+    ] = None,
     dataset: DatasetOpt = "digits",
     data: DataOpt = None,
     arch: ArchOpt = None,
     activation: ActivationOpt = Activation.relu,
     dropout: DropoutOpt = 0.0,
-    population: Annotated[str | None, _opt("--population", "Population name (default: <dataset>-<method>).")] = None,
+    population: Annotated[
+        str | None, _opt("--population", "Population name (default: <dataset>-<method>).")
+    ] = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
-) -> None:  # fmt: skip
+) -> None:
     """Sample posteriors of many chains at once (SGLD, SGHMC, HMC, MFVI, Laplace, SWAG, MC
     dropout) into the store; re-running resumes a killed run.
 
@@ -64,8 +118,21 @@ def sample_cmd(
     """
     from bnnctl.engines.sample import make_plan, run_plan
 
-    cfg = SamplerConfig(method.value, step_size, prior_var, temperature, noise_std, burn_in, thin,
-                        batch_size, friction, schedule.value, leapfrog, fisher=fisher.value, rank=rank)  # fmt: skip
+    cfg = SamplerConfig(
+        method.value,
+        step_size,
+        prior_var,
+        temperature,
+        noise_std,
+        burn_in,
+        thin,
+        batch_size,
+        friction,
+        schedule.value,
+        leapfrog,
+        fisher=fisher.value,
+        rank=rank,
+    )
     ds, spec = (
         (None, None)
         if start is not None
@@ -89,11 +156,18 @@ def sample_cmd(
         else ")"
     )
     if result.accept_rate is not None:
-        msg += f"; acceptance median {float(sorted(result.accept_rate)[len(result.accept_rate) // 2]):.3f}"
+        msg += (
+            f"; acceptance median "
+            f"{float(sorted(result.accept_rate)[len(result.accept_rate) // 2]):.3f}"
+        )
     if result.divergent_transitions:
         msg += f"; {result.divergent_transitions} divergent transitions rejected"
     log(quiet, f"{msg}; population {plan.population}; store {store}")
     if result.divergent:
         which = ", ".join(f"{c} (step {s})" for c, s in sorted(result.divergent.items()))
-        log(False, f"warning: {len(result.divergent)} of {plan.chains} chains diverged (non-finite energy) "
-                   f"and their later samples were not stored: chains {which}; lower --step-size")  # fmt: skip
+        log(
+            False,
+            f"warning: {len(result.divergent)} of {plan.chains} chains diverged (non-finite "
+            f"energy) "
+            f"and their later samples were not stored: chains {which}; lower --step-size",
+        )

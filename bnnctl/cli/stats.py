@@ -27,16 +27,49 @@ from bnnctl.stats.summary import flatten
 @command("stats", flags={"compare_exprs": "--compare"})
 def stats_cmd(
     where: WhereOpt = None,
-    ensemble: Annotated[bool, typer.Option("--ensemble", help="Re-evaluate the selection: BMA metrics and curve, pairwise MI/disagreement, modes.")] = False,
-    compare: Annotated[tuple[str, str] | None, typer.Option("--compare", help="Two --where expressions A B, each over the whole store: agreement and total variation of their BMAs, weight-space MMD^2 before/after canonicalisation.")] = None,
-    ood: Annotated[str | None, typer.Option("--ood", help="'builtin' (inverted test images for [0,1] features, else test points pushed out 3x from the mean) or an .npz with x [N, features]: AUROC/AUPR/FPR95.")] = None,
-    plot: Annotated[str | None, typer.Option("--plot", help="Write PNG figures into this folder.")] = None,
-    pairs: Annotated[int, typer.Option("--pairs", help="Model pairs sampled for pairwise MI (all pairs when fewer).")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of pair, member-order and MMD subsampling.")] = 0,
+    ensemble: Annotated[
+        bool,
+        typer.Option(
+            "--ensemble",
+            help=(
+                "Re-evaluate the selection: BMA metrics and curve, pairwise MI/disagreement, modes."
+            ),
+        ),
+    ] = False,
+    compare: Annotated[
+        tuple[str, str] | None,
+        typer.Option(
+            "--compare",
+            help=(
+                "Two --where expressions A B, each over the whole store: agreement and total "
+                "variation of their BMAs, weight-space MMD^2 before/after canonicalisation."
+            ),
+        ),
+    ] = None,
+    ood: Annotated[
+        str | None,
+        typer.Option(
+            "--ood",
+            help=(
+                "'builtin' (inverted test images for [0,1] features, else test points pushed "
+                "out 3x from the mean) or an .npz with x [N, features]: AUROC/AUPR/FPR95."
+            ),
+        ),
+    ] = None,
+    plot: Annotated[
+        str | None, typer.Option("--plot", help="Write PNG figures into this folder.")
+    ] = None,
+    pairs: Annotated[
+        int,
+        typer.Option("--pairs", help="Model pairs sampled for pairwise MI (all pairs when fewer)."),
+    ] = 1000,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Seed of pair, member-order and MMD subsampling.")
+    ] = 0,
     fmt: Annotated[StatsFormat, FormatFlag] = StatsFormat.table,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
-) -> None:  # fmt: skip
+) -> None:
     """Measure a selection: manifest summaries, BMA and diversity, comparisons, OOD, plots.
 
     Without options: per-population summaries of the recorded test metrics. --ensemble,

@@ -93,9 +93,17 @@ def train_cmd(
     t0 = time.perf_counter()
     with progress(quiet, "train", seeds * epochs, per_item=epochs) as advance:
         result = train(
-            store, ds, cfg, range(seed_start, seed_start + seeds), spec, population,
-            block_size, jobs, dtype.value, progress=advance,
-        )  # fmt: skip
+            store,
+            ds,
+            cfg,
+            range(seed_start, seed_start + seeds),
+            spec,
+            population,
+            block_size,
+            jobs,
+            dtype.value,
+            progress=advance,
+        )
     elapsed = time.perf_counter() - t0
     rows = result.rows
     msg = f"trained {len(rows)} models"

@@ -214,7 +214,8 @@ def plan(
     sources = sources[sources["kind"] != "canonical"]
     if sources.empty:
         raise UsageError(
-            "the selection holds only canonical rows; select source rows (kind train, sample or import)"  # noqa: E501
+            "the selection holds only canonical rows; "
+            "select source rows (kind train, sample or import)"
         )
     ref_row = None
     if align_to is not None:
@@ -231,7 +232,8 @@ def plan(
             arch, ArchSpec.from_json(ref_row["arch"].iloc[0])
         ):
             raise ConflictError(
-                f"reference {align_to} is {ref_row['arch_name'].iloc[0]} {ref_row['activation'].iloc[0]} but "  # noqa: E501
+                f"reference {align_to} is {ref_row['arch_name'].iloc[0]} "
+                f"{ref_row['activation'].iloc[0]} but "
                 f"population {pop} is {arch.name} {arch.activation}"
             )
         t = make_transform(arch, symmetries, key, scale_mode, align_to)

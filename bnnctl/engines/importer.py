@@ -66,7 +66,8 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
         raise DataError(
-            f"{path.name}: not a plain state_dict (a dict of name -> tensor); got {type(obj).__name__}"  # noqa: E501
+            f"{path.name}: not a plain state_dict (a dict of name -> tensor); "
+            f"got {type(obj).__name__}"
         )
     return dict(obj), {}
 
@@ -173,8 +174,9 @@ def import_folder(
 
     def describe(r: pd.Series) -> str:
         return (
-            f"population {name!r} already holds {r['kind']} rows of {r['arch_name']} on {r['dataset']} "  # noqa: E501
-            f"({r['dtype']}); importing {arch.name} on {dataset.name} ({dtype}) needs another population"  # noqa: E501
+            f"population {name!r} already holds {r['kind']} rows of {r['arch_name']} on "
+            f"{r['dataset']} ({r['dtype']}); importing {arch.name} on {dataset.name} ({dtype}) "
+            "needs another `population`"
         )
 
     popmod.existing_rows(store, name, config, describe)
@@ -208,10 +210,7 @@ def _commit(store, todo, arch, dtype, ds, name, config, data_path) -> pd.DataFra
             "method": "import",
             "population": name,
             "seed": None,
-            "dataset": ds.name,
-            "task": ds.task,
-            "data": data_path,
-            "data_sha256": ds.sha256,
+            **popmod.data_columns(ds, data_path),
             "parent_id": None,
             "config_sha256": config,
             **{k: float(v[i]) for k, v in metrics.items()},

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
+    from bnnctl.data import Dataset
     from bnnctl.store import Store
 
 #: Population names (and so model-id prefixes): letters, digits, '_', '.', '-', not
@@ -54,6 +55,16 @@ def generator(config_digest: str, index: int) -> torch.Generator:
 
     seed = hashlib.sha256(f"{config_digest}:{index}".encode()).digest()
     return torch.Generator().manual_seed(int.from_bytes(seed[:8], "little") >> 1)
+
+
+def data_columns(dataset: Dataset, data_path: str | None) -> dict[str, str | None]:
+    """The manifest columns naming the data a row was made and evaluated with."""
+    return {
+        "dataset": dataset.name,
+        "task": dataset.task,
+        "data": data_path,
+        "data_sha256": dataset.sha256,
+    }
 
 
 def existing_rows(

@@ -147,10 +147,7 @@ def train_block(
                 "method": pop.config.optimizer,
                 "population": pop.name,
                 "seed": seed,
-                "dataset": pop.dataset.name,
-                "task": pop.dataset.task,
-                "data": data_path,
-                "data_sha256": pop.dataset.sha256,
+                **popmod.data_columns(pop.dataset, data_path),
                 "parent_id": None,
                 "config_sha256": pop.sha256,
                 **cfg,
@@ -221,7 +218,8 @@ def describe_conflict(pop: Population, row: pd.Series) -> str:
     diffs = [f"{k} {theirs[k]} (asked: {mine[k]})" for k in mine if str(theirs[k]) != str(mine[k])]
     if "arch" in [d.split(" ")[0] for d in diffs]:
         diffs = [
-            f"arch {row['arch_name']} {row['activation']} (asked: {pop.arch.name} {pop.arch.activation})"  # noqa: E501
+            f"arch {row['arch_name']} {row['activation']} "
+            f"(asked: {pop.arch.name} {pop.arch.activation})"
         ] + [d for d in diffs if not d.startswith("arch ")]
     return (
         f"population {pop.name!r} was trained with {'; '.join(diffs) or 'another configuration'}; "
