@@ -21,7 +21,7 @@ from bnnctl.cli.common import (
     log,
     progress,
 )
-from bnnctl.samplers.config import APPROXIMATIONS, Fisher, Method, SamplerConfig, Schedule
+from bnnctl.samplers.config import Fisher, Method, SamplerConfig, Schedule
 
 
 def _opt(flag: str, text: str) -> Any:
@@ -139,14 +139,7 @@ def sample_cmd(
         else dataset_and_arch(dataset, data, arch, activation.value, dropout)
     )
     st, plan = make_plan(store, cfg, samples, chains, ds, spec, start, population, segment, seed)
-    assert cfg.burn_in is not None  # resolved by SamplerConfig
-    fit = cfg.burn_in + (cfg.rank * cfg.thin if cfg.method == "swag" else 0)
-    total = (
-        fit + plan.samples
-        if cfg.method in APPROXIMATIONS
-        else cfg.burn_in + plan.samples * cfg.thin
-    )
-    with progress(quiet, f"sample {cfg.method}", total, unit="steps") as advance:
+    with progress(quiet, f"sample {cfg.method}", plan.total_steps, unit="steps") as advance:
         result = run_plan(st, plan, advance)
     rows = result.rows
     msg = f"committed {len(rows)} rows ({plan.chains} chains x {plan.samples} samples"

@@ -33,7 +33,7 @@ from bnnctl.engines import population as popmod
 from bnnctl.errors import CheckError, StoreError, UsageError
 from bnnctl.evaluate import check_arch, metrics_of
 from bnnctl.evaluate.likelihood import for_task
-from bnnctl.samplers import NEED_START, SamplerConfig, build
+from bnnctl.samplers import APPROXIMATIONS, NEED_START, SamplerConfig, build
 from bnnctl.samplers.base import Sampler, load_state, save_state, step_size_at
 from bnnctl.samplers.posterior import LogPosterior
 from bnnctl.store import Store, select
@@ -79,6 +79,15 @@ class Plan:
     @property
     def n_segments(self) -> int:
         return -(-self.samples // self.segment)
+
+    @property
+    def total_steps(self) -> int:
+        """Sampler updates (or draws) of the whole run, as ``progress`` counts them."""
+        cfg = self.config
+        burn_in = cfg.burn_in or 0
+        if cfg.method in APPROXIMATIONS:
+            return burn_in + (cfg.rank * cfg.thin if cfg.method == "swag" else 0) + self.samples
+        return burn_in + self.samples * cfg.thin
 
     def generator(self, chain: int) -> torch.Generator:
         return popmod.generator(self.sha256, chain)
