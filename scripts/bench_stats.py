@@ -52,9 +52,7 @@ def fill(path: Path, n: int, arch: ArchSpec) -> Store:
             }
             for k in seeds
         ]
-        st.commit_block(
-            f"params/bench/b{s:06d}", params, "float32", arch, rows, f"train-bench-{s:06d}"
-        )
+        st.commit_block(f"params/bench/b{s:06d}", params, "float32", arch, rows)
     return st
 
 

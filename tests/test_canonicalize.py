@@ -201,7 +201,7 @@ def _with_block(path: Path, name: str, params: np.ndarray, arch: ArchSpec, **ext
         }
         for i in range(len(params))
     ]
-    st.commit_block(f"params/{name}/b0", params, "float32", arch, rows, f"import-{name}-b0")
+    st.commit_block(f"params/{name}/b0", params, "float32", arch, rows)
 
 
 @pytest.mark.parametrize(

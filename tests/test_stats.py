@@ -348,7 +348,7 @@ def modes_store(tmp_path, digits):
         {"model_id": f"copies.{k}", "kind": "sample", "method": "copies", "seed": k, **common}
         for k in range(8)
     ]
-    st.commit_block("params/copies/raw", raw, "float32", arch, rows, "sample-copies-raw")
+    st.commit_block("params/copies/raw", raw, "float32", arch, rows)
     canon = np.stack([sort_units(arch, r) for r in raw])
     crow = [
         {
@@ -362,7 +362,7 @@ def modes_store(tmp_path, digits):
         }
         for k in range(8)
     ]
-    st.commit_block("params/copies/sort", canon, "float32", arch, crow, "canonical-copies-sort")
+    st.commit_block("params/copies/sort", canon, "float32", arch, crow)
     return tmp_path / "m.zarr"
 
 
@@ -466,7 +466,6 @@ def test_cli_plots(modes_store, tmp_path, digits):
         "float32",
         arch,
         [{"model_id": f"m.{k}", "seed": k, **common} for k in range(6)],
-        "train-moons221-a",
     )
     out = tmp_path / "figs"  # the plotted group is the larger one: 8 'copies' nets
     r = runner.invoke(

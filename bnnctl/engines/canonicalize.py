@@ -359,12 +359,7 @@ def _run_group(store: Store, g: Group, ref, block_size: int, progress) -> list[p
         block = _block_name(g, chunk)
         out.append(
             store.commit_block(
-                f"params/{g.out_population}/{block}",
-                res.params,
-                "float32",
-                g.arch,
-                rows,
-                f"canonical-{g.out_population}-{block}",
+                f"params/{g.out_population}/{block}", res.params, "float32", g.arch, rows
             )
         )
         if progress is not None:

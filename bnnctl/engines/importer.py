@@ -218,6 +218,4 @@ def _commit(store, todo, arch, dtype, ds, name, config, data_path) -> pd.DataFra
         for i, m in enumerate(ids)
     ]
     h = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
-    return store.commit_block(
-        f"params/{name}/import-{h}", params, dtype, arch, rows, f"import-{name}-{h}"
-    )
+    return store.commit_block(f"params/{name}/import-{h}", params, dtype, arch, rows)

@@ -19,6 +19,7 @@ result reports it.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -225,7 +226,7 @@ def check_population(store: Store, plan: Plan) -> list[int]:
         )
 
     mine = popmod.existing_rows(store, plan.population, plan.sha256, describe)
-    return sorted({int(a.rsplit("seg", 1)[1]) for a in mine["array"]})
+    return sorted({int(re.search(r"/seg(\d+)", a).group(1)) for a in mine["array"]})
 
 
 # --- running ----------------------------------------------------------------------------
@@ -353,14 +354,7 @@ def _segment(
     for r in rows:
         r["wall_time_s"] = (time.perf_counter() - t0) / len(rows)
     _save(store, plan, state, k1)
-    block = store.commit_block(
-        plan.array_path(seg),
-        params.numpy(),
-        "float32",
-        plan.arch,
-        rows,
-        f"sample-{plan.population}-seg{seg:06d}",
-    )
+    block = store.commit_block(plan.array_path(seg), params.numpy(), "float32", plan.arch, rows)
     store.remove_state(plan.state_path(k0))
     return state, block
 

@@ -158,12 +158,7 @@ def train_block(
         )
     block = f"s{seeds[0]:06d}-{seeds[-1]:06d}"
     return store.commit_block(
-        f"params/{pop.name}/{block}",
-        params.numpy(),
-        pop.dtype,
-        pop.arch,
-        rows,
-        f"train-{pop.name}-{block}",
+        f"params/{pop.name}/{block}", params.numpy(), pop.dtype, pop.arch, rows
     )
 
 

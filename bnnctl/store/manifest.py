@@ -1,5 +1,5 @@
-"""The manifest: one Parquet file per committed block under ``manifest/``, one row per
-checkpoint, every file with every column of :mod:`bnnctl.store.schema`.
+"""Manifest rows: completing a block's rows before its commit, and selecting rows.
+(The table itself, its commits and versions: :mod:`bnnctl.store.table`.)
 
 Writers hand :func:`complete_rows` their own columns; it adds the columns that describe
 where and how the row is stored, so every engine's rows are complete in the same way.
@@ -7,19 +7,15 @@ where and how the row is stored, so every engine's rows are complete in the same
 
 from __future__ import annotations
 
-import os
 import sys
-import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bnnctl.arch import ArchSpec
-from bnnctl.errors import StoreError, UsageError
+from bnnctl.errors import UsageError
 from bnnctl.store.schema import ARROW_SCHEMA, NAMES
 from bnnctl.store.where import select
 from bnnctl.version import __version__
@@ -28,28 +24,9 @@ from bnnctl.version import __version__
 INT_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 __all__ = [
-    "DEFAULT_COLUMNS", "INT_TYPES", "complete_rows", "pick_columns", "query", "read_table",
-    "read_tables", "select", "write_atomic",
+    "DEFAULT_COLUMNS", "INT_TYPES", "complete_rows", "pick_columns", "query", "select",
+    "select_rows",
 ]  # fmt: skip
-
-
-def read_table(fs, path: str) -> pa.Table:
-    """One manifest file; an unreadable one is a :class:`StoreError` naming it."""
-    try:
-        with fs.open(path, "rb") as fh:
-            return pq.read_table(fh)
-    except Exception as e:
-        raise StoreError(
-            f"manifest file {Path(path).name} is unreadable ({type(e).__name__}: {e}); "
-            "run `bnnctl verify` for details"
-        ) from None
-
-
-def read_tables(fs, paths: list[str]) -> pd.DataFrame:
-    """The manifest files ``paths`` as one DataFrame (an empty, typed one when none)."""
-    tables = [read_table(fs, p) for p in paths]
-    table = pa.concat_tables(tables, promote_options="default") if tables else None
-    return (table or ARROW_SCHEMA.empty_table()).to_pandas(types_mapper=INT_TYPES.get)
 
 
 def complete_rows(
@@ -75,25 +52,6 @@ def complete_rows(
             raise AssertionError(f"manifest columns not in schema: {sorted(unknown)}")
         full.append({**r, **common, "row": i, "sha256": sha256[i]})
     return pa.Table.from_pylist(full, schema=ARROW_SCHEMA)
-
-
-def write_atomic(fs, folder: str, table: pa.Table, name: str, local: bool) -> None:
-    """Write ``<folder>/<name>.parquet`` under a temporary name, then rename it into
-    place: the rename is the commit point."""
-    final = f"{folder}/{name}.parquet"
-    tmp = f"{folder}/.tmp-{uuid.uuid4().hex}-{name}.parquet"
-    if fs.exists(final):
-        raise StoreError(f"manifest file {name}.parquet already exists; block already committed")
-    if not local:
-        with fs.open(tmp, "wb") as fh:
-            pq.write_table(table, fh)
-        fs.mv(tmp, final)
-        return
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)  # atomic on POSIX: the commit point
 
 
 def _torch_version() -> str:

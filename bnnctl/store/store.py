@@ -21,22 +21,26 @@ import contextlib
 import hashlib
 import json
 import os
+import uuid
 from enum import Enum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import zarr
+from deltalake import DeltaTable
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
 from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError
-from bnnctl.store.manifest import INT_TYPES, complete_rows, read_tables, write_atomic
-from bnnctl.store.verify import Problem, orphan_arrays, verify
+from bnnctl.store import table as delta
+from bnnctl.store.manifest import INT_TYPES, complete_rows
+from bnnctl.store.verify import Problem, gc, orphan_arrays, verify
 from bnnctl.version import __version__
 
 #: Version of the on-disk store format this code reads and writes.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 class DType(str, Enum):
@@ -66,21 +70,43 @@ def _is_url(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def _table_uri(url: str, root: str) -> str:
+    return f"{url.rstrip('/')}/manifest" if _is_url(url) else f"{root}/manifest"
+
+
 class Store:
     """A bnnctl store. Open with :meth:`Store.open`."""
 
-    def __init__(self, url: str, group: zarr.Group, fs, root: str):
+    def __init__(
+        self, url: str, group: zarr.Group, fs: Any, root: str, as_of: int | str | None = None
+    ):
         self.url, self.group, self.fs, self.root = url, group, fs, root
+        #: The manifest version this store reads (None: the latest); a past version is
+        #: read-only.
+        self.as_of = as_of
         self._manifest: pd.DataFrame | None = None
         self._arrays: dict[str, zarr.Array] = {}
 
     # --- opening -------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str | os.PathLike = "bnnctl.zarr", create: bool = False) -> Store:
+    def open(
+        cls,
+        url: str | os.PathLike = "bnnctl.zarr",
+        create: bool = False,
+        as_of: int | str | None = None,
+        migrating: bool = False,
+    ) -> Store:
         """Open the store at ``url`` (a path or fsspec URL); ``create`` makes it if absent.
-        Refuses a store of another format version, a regular file, a foreign Zarr group."""
+        ``as_of`` (a manifest version or ISO 8601 time) reads the manifest as it was then.
+        Refuses a store of another format version (a format-1 store names ``bnnctl
+        migrate``), a regular file, a foreign Zarr group."""
         url = str(url)
+        if url.startswith("memory://"):
+            raise StoreError(
+                "memory:// stores are not supported: the manifest's Delta table needs a "
+                "local path or an object store (s3://, gs://, az://)"
+            )
         if _is_url(url):
             import fsspec
 
@@ -106,7 +132,8 @@ class Store:
             if exists:
                 group = zarr.open_group(zstore, mode="r+")
             else:
-                fs.makedirs(f"{root}/manifest", exist_ok=True)
+                fs.makedirs(root, exist_ok=True)
+                delta.create(_table_uri(url, root))
                 group = zarr.open_group(zstore, mode="a")
                 group.attrs["bnnctl"] = {
                     "format_version": FORMAT_VERSION,
@@ -120,26 +147,36 @@ class Store:
         if not isinstance(info, dict) or "format_version" not in info:
             raise StoreError(f"{url} is a Zarr group but not a bnnctl store (no 'bnnctl' attrs)")
         version = info["format_version"]
-        if not isinstance(version, int) or version != FORMAT_VERSION:
+        if type(version) is int and version < FORMAT_VERSION and not migrating:
+            raise FormatVersionError(
+                f"{url} has store format version {version}; run `bnnctl migrate --store {url}` "
+                f"to upgrade it to version {FORMAT_VERSION} in place"
+            )
+        if type(version) is not int or version > FORMAT_VERSION:
             raise FormatVersionError(
                 f"{url} has store format version {version!r}; this bnnctl ({__version__}) "
                 f"reads version {FORMAT_VERSION} only — upgrade bnnctl"
             )
-        return cls(url, group, fs, root)
+        return cls(url, group, fs, root, as_of)
 
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
 
     # --- manifest ------------------------------------------------------------------
 
-    def manifest_files(self) -> list[str]:
-        files = self.fs.glob(self._path("manifest", "*.parquet"))
-        return sorted(f for f in files if not Path(f).name.startswith((".", "_")))
+    @property
+    def table_uri(self) -> str:
+        """Where the manifest's Delta table is (a path, or the store's URL + /manifest)."""
+        return _table_uri(self.url, self.root)
+
+    def table(self) -> DeltaTable:
+        """The manifest's Delta table, at :attr:`as_of` when set."""
+        return delta.open_table(self.table_uri, as_of=self.as_of)
 
     def manifest(self) -> pd.DataFrame:
         """All committed rows, one per checkpoint (cached until this store commits)."""
         if self._manifest is None:
-            self._manifest = read_tables(self.fs, self.manifest_files())
+            self._manifest = delta.read(self.table())
         return self._manifest
 
     def population(self, name: str) -> pd.DataFrame:
@@ -154,16 +191,19 @@ class Store:
         dtype: str,
         arch: ArchSpec,
         rows: list[dict],
-        name: str,
     ) -> pd.DataFrame:
-        """Write one block atomically: params ``[M, P]`` to a fresh array, then ``rows``
-        (one dict per model, in order) as ``manifest/<name>.parquet``. Returns the rows."""
+        """Commit one block: params ``[M, P]`` to a fresh array (``array_path`` plus an
+        attempt id, never an existing path), then ``rows`` (one dict per model, in order)
+        in one manifest transaction: the commit point. Rows whose ``model_id`` another
+        writer committed first are not committed again (their array rows stay unnamed,
+        for ``bnnctl gc``). Returns the rows this call committed."""
         if dtype not in DTYPES:
             raise StoreError(f"unsupported dtype {dtype!r}; choose {' or '.join(DTYPES)}")
-        if array_path in set(self.manifest()["array"]):
-            raise StoreError(f"refusing to overwrite committed array {array_path}")
+        if self.as_of is not None:
+            raise StoreError(f"store opened as of manifest version {self.as_of} is read-only")
         stored = np.ascontiguousarray(params, dtype=np.dtype(dtype).newbyteorder("<"))
         m, p = stored.shape
+        array_path = f"{array_path}.{uuid.uuid4().hex[:8]}"
         arr = self.group.create_array(
             name=array_path,
             shape=(m, p),
@@ -175,13 +215,17 @@ class Store:
                 "layout": [t.to_json() for t in arch.layout],
                 "arch": json.loads(arch.to_json()),
             },
-            overwrite=True,  # only ever an uncommitted orphan of a crashed run
+            overwrite=False,  # a fresh path: a committed array is never written again
         )
         arr[:] = stored
-        table = complete_rows(rows, array_path, stored, arch, [row_sha256(r) for r in stored])
-        write_atomic(self.fs, self._path("manifest"), table, name, local=not _is_url(self.url))
+        block = complete_rows(rows, array_path, stored, arch, [row_sha256(r) for r in stored])
+        inserted = delta.commit(self.table_uri, block)
         self._manifest = None
-        return table.to_pandas(types_mapper=INT_TYPES.get)
+        out = block.to_pandas(types_mapper=INT_TYPES.get)
+        if inserted < len(out):  # another writer committed some of these ids first
+            mine = delta.ids_with_array(self.table(), list(out["model_id"]), array_path)
+            out = out[out["model_id"].isin(mine)]
+        return out
 
     # --- params --------------------------------------------------------------------
 
@@ -286,3 +330,7 @@ class Store:
     def orphan_arrays(self) -> list[str]:
         """Params arrays no manifest row names (see :func:`bnnctl.store.verify.orphan_arrays`)."""
         return orphan_arrays(self)
+
+    def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
+        """Remove unnamed arrays and leftovers (see :func:`bnnctl.store.verify.gc`)."""
+        return gc(self, grace_seconds, dry_run)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-import pyarrow as pa
 
 from bnnctl.arch import ArchSpec
-from bnnctl.store.manifest import INT_TYPES, read_table
+from bnnctl.store import table as delta
+from bnnctl.store.manifest import INT_TYPES
 from bnnctl.store.schema import json_schema
 
 if TYPE_CHECKING:
@@ -35,15 +35,12 @@ def verify(store: Store) -> list[Problem]:
     from bnnctl.store.store import row_sha256
 
     problems: list[Problem] = []
-    tables = []
-    for f in store.manifest_files():
-        try:
-            tables.append(read_table(store.fs, f))
-        except Exception as e:
-            problems.append(Problem(None, Path(f).name, str(e)))
-    if not tables:
+    try:
+        table = delta.read_arrow(store.table())
+    except Exception as e:  # a missing or corrupted data file or log entry
+        return [Problem(None, "manifest", f"manifest table unreadable: {one_line(e)}")]
+    if table.num_rows == 0:
         return problems
-    table = pa.concat_tables(tables, promote_options="default")
     validator = Draft202012Validator(json_schema())
     for rec in table.to_pylist():
         rec["created_at"] = rec["created_at"].isoformat() if rec["created_at"] else None
@@ -60,6 +57,10 @@ def verify(store: Store) -> list[Problem]:
     for path, sub in df.dropna(subset=["data"]).groupby("data", sort=False):
         problems += _verify_data(store, str(path), sub)
     return problems
+
+
+def one_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"
 
 
 def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> list[Problem]:
@@ -126,3 +127,29 @@ def orphan_arrays(store: Store) -> list[str]:
         if is_array and path not in named:
             found.append(path)
     return sorted(found)
+
+
+def gc(store: Store, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
+    """Remove what no committed row needs and no running writer can still be filling:
+    params arrays no manifest row names and zarr ``*.partial`` leftovers, untouched for
+    ``grace_seconds``. Returns the removed paths (or those it would remove)."""
+    root = store.root.rstrip("/")
+    now = time.time()
+
+    def idle(path: str) -> bool:
+        return now - _mtime(store.fs, path) >= grace_seconds
+
+    gone = [p for p in orphan_arrays(store) if idle(f"{root}/{p}/zarr.json")]
+    partial = [p for p in store.fs.glob(f"{root}/params/**/*.partial") if idle(p)]
+    if not dry_run:
+        for p in gone:
+            store.fs.rm(f"{root}/{p}", recursive=True)
+        for p in partial:
+            store.fs.rm(p)
+    return gone + [p[len(root) + 1 :] for p in partial]
+
+
+def _mtime(fs: Any, path: str) -> float:
+    info = fs.info(path)
+    m = info.get("mtime", info.get("LastModified"))
+    return m.timestamp() if hasattr(m, "timestamp") else float(m or 0)

@@ -1,0 +1,152 @@
+"""The manifest as a Delta Lake table at ``<store>/manifest/`` (store format 2).
+
+Delta's log gives what a folder of Parquet files cannot: atomic commits on local disks
+and object stores alike (put-if-absent of the next log entry), concurrent writers with
+conflict detection, compaction, checkpoints and time travel. Every data file is still
+Parquet; peers read the table with ``deltalake.DeltaTable(url).to_pandas()`` or
+``polars.read_delta(url)``.
+
+A block's rows are committed by one *merge* keyed on ``model_id`` that inserts only the
+ids not yet in the table. The merge reads the table, so two writers racing on one id
+conflict in Delta's commit protocol; the loser re-runs its merge against the new
+version and inserts nothing twice. No ``model_id`` is ever committed twice.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError, TableNotFoundError
+
+from bnnctl.errors import StoreError, UsageError
+from bnnctl.store.manifest import INT_TYPES
+from bnnctl.store.schema import ARROW_SCHEMA
+
+#: Attempts of a commit that lost a race before giving up (each re-runs the merge).
+COMMIT_ATTEMPTS = 50
+#: Data files above which :func:`maybe_compact` compacts and checkpoints.
+COMPACT_FILES = 64
+#: The manifest's column types, every column nullable: what a read casts to (a missing
+#: required value is for ``verify`` to report, not for a read to fail on).
+READ_SCHEMA = pa.schema([f.with_nullable(True) for f in ARROW_SCHEMA])
+
+
+def create(uri: str, storage_options: dict[str, str] | None = None) -> None:
+    """An empty manifest table with the manifest's schema."""
+    DeltaTable.create(uri, ARROW_SCHEMA, mode="ignore", storage_options=storage_options)
+
+
+def open_table(
+    uri: str,
+    storage_options: dict[str, str] | None = None,
+    as_of: int | str | None = None,
+) -> DeltaTable:
+    """The table, at its latest version or as it was at ``as_of`` (a version number, or
+    an ISO 8601 timestamp)."""
+    try:
+        dt = DeltaTable(uri, storage_options=storage_options)
+    except TableNotFoundError:
+        raise StoreError(f"the store has no manifest table at {uri}") from None
+    if as_of is None:
+        return dt
+    try:
+        dt.load_as_version(_version_or_time(as_of))
+    except Exception as e:  # delta-rs raises on unknown versions and times
+        raise UsageError(f"no manifest version {as_of!r}: {e}", "as_of") from None
+    return dt
+
+
+def _version_or_time(as_of: int | str) -> int | datetime:
+    if isinstance(as_of, int) or str(as_of).isdigit():
+        return int(as_of)
+    try:
+        return datetime.fromisoformat(str(as_of))
+    except ValueError:
+        raise UsageError(
+            f"`as_of` must be a version number or an ISO 8601 time, got {as_of!r}", "as_of"
+        ) from None
+
+
+def read_arrow(dt: DeltaTable) -> pa.Table:
+    """Every committed row as Arrow, with the manifest's column types, in commit order
+    (a block's rows in their order in its array)."""
+    try:
+        table = dt.to_pyarrow_table().select(READ_SCHEMA.names).cast(READ_SCHEMA)
+    except Exception as e:  # a data file of the table is missing or corrupted
+        msg = " ".join(str(e).split())
+        raise StoreError(
+            f"the manifest table is unreadable ({type(e).__name__}: {msg}); "
+            "run `bnnctl verify` for details"
+        ) from None
+    return table.sort_by(
+        [("created_at", "ascending"), ("array", "ascending"), ("row", "ascending")]
+    )
+
+
+def read(dt: DeltaTable) -> pd.DataFrame:
+    """Every committed row, with the manifest's column types."""
+    return read_arrow(dt).to_pandas(types_mapper=INT_TYPES.get)
+
+
+def commit(uri: str, rows: pa.Table, storage_options: dict[str, str] | None = None) -> int:
+    """Insert the rows whose ``model_id`` is not in the table yet, in one transaction;
+    returns how many were inserted. Retries when another writer committed first."""
+    populations = pc.unique(rows["population"]).to_pylist()
+    # a literal on the population lets delta-rs skip other populations' files
+    scope = " OR ".join(f"t.population = {_quote(p)}" for p in populations)
+    predicate = f"({scope}) AND t.model_id = s.model_id"
+    for attempt in range(COMMIT_ATTEMPTS):
+        try:
+            dt = DeltaTable(uri, storage_options=storage_options)
+            metrics = (
+                dt.merge(rows, predicate, source_alias="s", target_alias="t")
+                .when_not_matched_insert_all()
+                .execute()
+            )
+            return int(metrics["num_target_rows_inserted"])
+        except CommitFailedError:
+            time.sleep(min(0.01 * 2**attempt, 1.0))
+    raise StoreError(f"could not commit to the manifest after {COMMIT_ATTEMPTS} attempts")
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def ids_with_array(dt: DeltaTable, ids: Sequence[str], array: str) -> list[str]:
+    """Those of ``ids`` whose committed row lives in ``array`` (to tell which rows of a
+    block this writer committed when another writer committed some of them first)."""
+    table = dt.to_pyarrow_table(columns=["model_id", "array"])
+    wanted = pc.is_in(table["model_id"], pa.array(list(ids)))
+    mask = pc.and_(wanted, pc.equal(table["array"], array))
+    return table.filter(mask)["model_id"].to_pylist()
+
+
+def n_files(dt: DeltaTable) -> int:
+    return len(dt.file_uris())
+
+
+def compact(dt: DeltaTable) -> dict:
+    """Merge small data files into large ones and write a checkpoint, so that opening
+    the log and reading the table stay cheap however many commits came before."""
+    before = n_files(dt)
+    dt.optimize.compact()
+    dt.create_checkpoint()
+    return {"files_before": before, "files_after": n_files(dt), "version": dt.version()}
+
+
+def maybe_compact(uri: str, storage_options: dict[str, str] | None = None) -> dict | None:
+    """:func:`compact` when the table has more than :data:`COMPACT_FILES` data files."""
+    dt = DeltaTable(uri, storage_options=storage_options)
+    if n_files(dt) <= COMPACT_FILES:
+        return None
+    try:
+        return compact(dt)
+    except CommitFailedError:  # a concurrent writer compacted or committed: next time
+        return None
