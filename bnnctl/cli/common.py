@@ -104,6 +104,14 @@ StoreOpt = Annotated[
         "--store", envvar="BNNCTL_STORE", help="Store path or fsspec URL (env BNNCTL_STORE)."
     ),
 ]
+AsOfOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--as-of",
+        help="Read the manifest as it was at this version number or ISO 8601 time "
+        "(e.g. 12, or 2026-11-29T10:00:00+00:00).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr.")]
 WhereOpt = Annotated[
     str | None,

@@ -8,6 +8,7 @@ import typer
 
 from bnnctl.cli.common import (
     DEFAULT_STORE,
+    AsOfOpt,
     QuietOpt,
     StoreOpt,
     WhereOpt,
@@ -16,6 +17,7 @@ from bnnctl.cli.common import (
     read_ids,
 )
 from bnnctl.export import ExportFormat, export
+from bnnctl.store import Store
 from bnnctl.store.store import DType
 
 
@@ -48,6 +50,7 @@ def export_cmd(
             "--force", help="Replace a non-empty destination (only once the export is complete)."
         ),
     ] = False,
+    as_of: AsOfOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -57,7 +60,6 @@ def export_cmd(
     Example: bnnctl ls --where "seed < 100" --format ids | bnnctl export --ids - out/
     """
     wanted = None if ids is None else read_ids(ids)
-    files = export(
-        store, None, to.value, out, dtype and dtype.value, force, where=where, ids=wanted
-    )
+    st = Store.open(store, as_of=as_of)
+    files = export(st, None, to.value, out, dtype and dtype.value, force, where=where, ids=wanted)
     log(quiet, f"exported checkpoints as {to.value} to {out} ({len(files)} files)")

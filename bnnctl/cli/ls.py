@@ -8,6 +8,7 @@ import typer
 
 from bnnctl.cli.common import (
     DEFAULT_STORE,
+    AsOfOpt,
     FormatFlag,
     RowFormat,
     StoreOpt,
@@ -33,12 +34,13 @@ def ls_cmd(
         int | None, typer.Option("--limit", "-l", help="At most this many rows.")
     ] = None,
     fmt: Annotated[RowFormat, FormatFlag] = RowFormat.table,
+    as_of: AsOfOpt = None,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
     """List checkpoints in the manifest, filtered, sorted and formatted.
 
     Example: bnnctl ls --where "test_acc > 0.97" --sort -test_acc --limit 5 --format csv
     """
-    df = query(Store.open(store).manifest(), where, sort, limit)
+    df = query(Store.open(store, as_of=as_of).manifest(), where, sort, limit)
     cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
     emit_rows(df if fmt is RowFormat.ids else pick_columns(df, cols), fmt.value)

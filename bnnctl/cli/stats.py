@@ -10,6 +10,7 @@ import typer
 
 from bnnctl.cli.common import (
     DEFAULT_STORE,
+    AsOfOpt,
     FormatFlag,
     QuietOpt,
     StatsFormat,
@@ -22,6 +23,7 @@ from bnnctl.cli.common import (
 )
 from bnnctl.stats.report import compute
 from bnnctl.stats.summary import flatten
+from bnnctl.store import Store
 
 
 @command("stats", flags={"compare_exprs": "--compare"})
@@ -67,6 +69,7 @@ def stats_cmd(
         int, typer.Option("--seed", help="Seed of pair, member-order and MMD subsampling.")
     ] = 0,
     fmt: Annotated[StatsFormat, FormatFlag] = StatsFormat.table,
+    as_of: AsOfOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -79,7 +82,16 @@ def stats_cmd(
 
     Example: bnnctl stats --where "method == 'adam'" --ensemble --ood builtin --format json
     """
-    rep, _ = compute(store, where, ensemble, compare, ood, pairs, seed, plot=plot or False)
+    rep, _ = compute(
+        Store.open(store, as_of=as_of),
+        where,
+        ensemble,
+        compare,
+        ood,
+        pairs,
+        seed,
+        plot=plot or False,
+    )
     if plot is not None:
         log(quiet, f"wrote {len(rep['plots'])} figures to {plot}")
     if fmt is StatsFormat.json:

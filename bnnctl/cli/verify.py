@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from bnnctl.cli.common import DEFAULT_STORE, QuietOpt, StoreOpt, command, log
+from bnnctl.cli.common import DEFAULT_STORE, AsOfOpt, QuietOpt, StoreOpt, command, log
 from bnnctl.store import Store
 
 
 @command("verify")
-def verify_cmd(store: StoreOpt = DEFAULT_STORE, quiet: QuietOpt = False) -> None:
+def verify_cmd(
+    as_of: AsOfOpt = None, store: StoreOpt = DEFAULT_STORE, quiet: QuietOpt = False
+) -> None:
     """Re-hash every checkpoint the manifest names and check manifest, arrays and schema.
 
     Prints one line per problem (model id, where, what) and exits 1 if there is any.
@@ -18,13 +20,14 @@ def verify_cmd(store: StoreOpt = DEFAULT_STORE, quiet: QuietOpt = False) -> None
 
     Example: bnnctl verify --store runs.zarr
     """
-    st = Store.open(store)
+    st = Store.open(store, as_of=as_of)
     problems = st.verify()
     for p in problems:
         typer.echo(f"{p.model_id or '-'}\t{p.where}\t{p.message}")
     if problems:
         log(quiet, f"{len(problems)} problem(s) in {st.url}")
         raise typer.Exit(1)
-    for path in st.orphan_arrays():
+    for path in st.orphan_arrays() if as_of is None else []:
         log(quiet, f"note: {path} is named by no manifest row (left by an interrupted run)")
-    log(quiet, f"ok: {len(st.manifest())} checkpoints verified in {st.url}")
+    version = f" (manifest version {as_of})" if as_of is not None else ""
+    log(quiet, f"ok: {len(st.manifest())} checkpoints verified in {st.url}{version}")

@@ -327,6 +327,7 @@ def canonicalize(
     canon = _selection_rows(store.manifest(), groups)
     rep = report(store, groups, canon, mode_rtol)
     rep["new"] = int(len(new))
+    store.maybe_compact()
     return CanonResult(n_src, n_src - len(new), new, canon, rep)
 
 

@@ -196,6 +196,7 @@ def import_folder(
             if progress is not None:
                 progress(len(todo[s : s + block_size]))
     rows = pd.concat(committed, ignore_index=True) if committed else store.manifest().iloc[0:0]
+    store.maybe_compact()
     return ImportResult(len(files), len(files) - len(todo), rows, arch, dtype)
 
 

@@ -275,6 +275,7 @@ def run_plan(
         state, block = _segment(store, plan, sampler, state, seg, progress, result.divergent)
         blocks.append(block)
     store.remove_state(plan.population)  # the run is complete: no resume point needed
+    store.maybe_compact()
     result.rows = pd.concat(blocks, ignore_index=True)
     _summarise(result, state)
     return result

@@ -157,9 +157,12 @@ def train_block(
             }
         )
     block = f"s{seeds[0]:06d}-{seeds[-1]:06d}"
-    return store.commit_block(
+    committed = store.commit_block(
         f"params/{pop.name}/{block}", params.numpy(), pop.dtype, pop.arch, rows
     )
+    if len(committed) < len(rows):  # another writer committed some of these seeds first:
+        plan(store, pop, seeds)  # refuse if it did so with another configuration
+    return committed
 
 
 def make_population(
@@ -261,6 +264,7 @@ def train(
         done = [train_block(store, pop, b, data_path, progress) for b in blocks]
     else:
         done = _run_parallel(store.url, pop, blocks, data_path, jobs, progress)
+    store.maybe_compact()
     return TrainResult(len(seeds), len(seeds) - len(todo), pd.concat(done, ignore_index=True))
 
 

@@ -33,7 +33,7 @@ from deltalake import DeltaTable
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
-from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError
+from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError, UsageError
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import INT_TYPES, complete_rows
 from bnnctl.store.verify import Problem, gc, orphan_arrays, verify
@@ -330,6 +330,26 @@ class Store:
     def orphan_arrays(self) -> list[str]:
         """Params arrays no manifest row names (see :func:`bnnctl.store.verify.orphan_arrays`)."""
         return orphan_arrays(self)
+
+    def compact(self, vacuum_hours: float | None = None) -> dict:
+        """Merge the manifest's small files, write a checkpoint, and with
+        ``vacuum_hours`` remove files no version of the last that many hours needs (never
+        less than a week's retention unless asked: readers of older versions need them)."""
+        dt = self.table()
+        out = delta.compact(dt)
+        if vacuum_hours is not None:
+            if vacuum_hours < 0:
+                raise UsageError(f"`vacuum_hours` must be >= 0, got {vacuum_hours}", "vacuum_hours")
+            removed = dt.vacuum(
+                retention_hours=int(vacuum_hours), dry_run=False, enforce_retention_duration=False
+            )
+            out["vacuumed_files"] = len(removed)
+        self._manifest = None
+        return out
+
+    def maybe_compact(self) -> dict | None:
+        """:meth:`compact` when runs have left many small manifest files."""
+        return delta.maybe_compact(self.table_uri)
 
     def gc(self, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
         """Remove unnamed arrays and leftovers (see :func:`bnnctl.store.verify.gc`)."""

@@ -55,10 +55,16 @@ def open_table(
         raise StoreError(f"the store has no manifest table at {uri}") from None
     if as_of is None:
         return dt
+    when = _version_or_time(as_of)
     try:
-        dt.load_as_version(_version_or_time(as_of))
+        dt.load_as_version(when)
     except Exception as e:  # delta-rs raises on unknown versions and times
-        raise UsageError(f"no manifest version {as_of!r}: {e}", "as_of") from None
+        latest = DeltaTable(uri, storage_options=storage_options).version()
+        raise UsageError(
+            f"no manifest version {as_of!r} (versions run from 0 to {latest}): "
+            f"{' '.join(str(e).split())}",
+            "as_of",
+        ) from None
     return dt
 
 
