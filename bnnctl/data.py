@@ -47,7 +47,8 @@ class Dataset:
 
     @property
     def n_outputs(self) -> int:
-        return self.n_classes if self.task == "classification" else self.y_train.shape[1]
+        n_classes = self.n_classes  # None exactly when the task is regression
+        return n_classes if n_classes is not None else self.y_train.shape[1]
 
     @cached_property
     def sha256(self) -> str:

@@ -82,6 +82,7 @@ def batch_for(
 def step_size_at(cfg: SamplerConfig, step: int) -> float:
     """Constant, or polynomial decay ε_t = ε (1 + t/τ)^(-0.55) with τ = max(burn_in, 1)
     (Welling & Teh 2011's a(b + t)^(-γ) with γ = 0.55)."""
+    assert cfg.step_size is not None and cfg.burn_in is not None  # set by __post_init__
     if cfg.schedule == "poly":
         return cfg.step_size * (1 + step / max(cfg.burn_in, 1)) ** -0.55
     return cfg.step_size
@@ -92,7 +93,8 @@ def step_size_at(cfg: SamplerConfig, step: int) -> float:
 
 def save_state(state: ChainState) -> tuple[dict[str, np.ndarray], dict]:
     """The state as arrays (tensors, generator states as uint8 rows) and JSON attrs."""
-    arrays, attrs = {}, {"tensors": {}, "scalars": {}}
+    arrays: dict[str, np.ndarray] = {}
+    attrs: dict[str, dict[str, Any]] = {"tensors": {}, "scalars": {}}
     for f in dataclasses.fields(state):
         v = getattr(state, f.name)
         if f.name == "gens":

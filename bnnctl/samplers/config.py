@@ -88,9 +88,10 @@ class SamplerConfig:
             for name in ("step_size", "burn_in"):
                 if getattr(self, name) is None:
                     object.__setattr__(self, name, defaults[name])
+        step_size, burn_in = self.step_size, self.burn_in
+        assert step_size is not None and burn_in is not None  # every DEFAULTS entry has both
         finite = all(
-            math.isfinite(v)
-            for v in (self.step_size, self.prior_var, self.temperature, self.noise_std)
+            math.isfinite(v) for v in (step_size, self.prior_var, self.temperature, self.noise_std)
         )
         exact_step = self.method in ("laplace", "mc_dropout")  # they take no steps
         checks = [
@@ -115,11 +116,11 @@ class SamplerConfig:
                 f"`noise_std` must be positive, got {self.noise_std}",
             ),
             (
-                self.step_size > 0 or (exact_step and self.step_size == 0),
+                step_size > 0 or (exact_step and step_size == 0),
                 "step_size",
-                f"`step_size` must be positive, got {self.step_size}",
+                f"`step_size` must be positive, got {step_size}",
             ),
-            (self.burn_in >= 0, "burn_in", f"`burn_in` must be >= 0, got {self.burn_in}"),
+            (burn_in >= 0, "burn_in", f"`burn_in` must be >= 0, got {burn_in}"),
             (self.thin >= 1, "thin", f"`thin` must be >= 1, got {self.thin}"),
             (
                 self.batch_size >= 1,

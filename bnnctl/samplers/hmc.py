@@ -59,6 +59,8 @@ class HMCState(ChainState):
 
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """HMC with ``config.leapfrog`` steps per proposal."""
+    step_size0, burn_in = config.step_size, config.burn_in
+    assert step_size0 is not None and burn_in is not None  # set by SamplerConfig.__post_init__
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> HMCState:
         m = params.shape[0]
@@ -70,8 +72,8 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
             diverged=diverged,
             energy=energy,
             grad=grad,
-            step_size=_f64(m, config.step_size),
-            log_step_bar=_f64(m, math.log(config.step_size)),
+            step_size=_f64(m, step_size0),
+            log_step_bar=_f64(m, math.log(step_size0)),
             h_bar=_f64(m),
             accepted=_f64(m),
             divergences=torch.zeros(m, dtype=torch.int64),
@@ -96,7 +98,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
             grad=torch.where(ok[:, None], grad, state.grad),
             step=state.step + 1,
         )
-        adapting = config.adapt and state.step < config.burn_in
+        adapting = config.adapt and state.step < burn_in
         if adapting:
             return _adapt(new, log_accept.clamp(max=0).exp(), config)
         return dataclasses.replace(
@@ -125,6 +127,7 @@ def leapfrog(post: LogPosterior, state: HMCState, eps: torch.Tensor, steps: int)
 
 def _adapt(state: HMCState, accept_prob: torch.Tensor, cfg: SamplerConfig) -> HMCState:
     """One dual-averaging update of each chain's log step size (burn-in only)."""
+    assert cfg.step_size is not None and cfg.burn_in is not None  # set by __post_init__
     t = state.step  # already incremented: 1, 2, ...
     mu = math.log(10 * cfg.step_size)
     w = 1.0 / (t + T0)

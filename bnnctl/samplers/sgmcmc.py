@@ -55,13 +55,15 @@ class SGState(ChainState):
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """SGLD or SGHMC, as ``config.method`` says."""
     step = _sgld_step if config.method == "sgld" else _sghmc_step
+    step_size = config.step_size
+    assert step_size is not None  # set by SamplerConfig.__post_init__
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> SGState:
         p = params.clone()
         if config.method == "sgld":
             return SGState(params=p, gens=gens)
         # stationary velocity: v = ε r with r ~ N(0, I) and η = ε²
-        v = randn(gens, p.shape[1], p.dtype).mul_(math.sqrt(config.step_size))
+        v = randn(gens, p.shape[1], p.dtype).mul_(math.sqrt(step_size))
         return SGState(params=p, gens=gens, momenta=v)
 
     def update(state: SGState, batch: torch.Tensor | None = None) -> SGState:

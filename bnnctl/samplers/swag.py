@@ -47,6 +47,8 @@ class SWAGState(ChainState):
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """SWAG fit by ``burn_in + rank * thin`` SGD steps."""
     k = config.rank
+    step_size, burn_in = config.step_size, config.burn_in
+    assert step_size is not None and burn_in is not None  # set by SamplerConfig.__post_init__
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> SWAGState:
         m, p = params.shape
@@ -64,7 +66,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         idx = batch if batch is not None else batch_for(config, post, state.gens)
         energy, grad = post.energy_and_grad(state.params, idx)
         velocity = MOMENTUM * state.velocity + grad / post.n
-        params = state.params - config.step_size * velocity
+        params = state.params - step_size * velocity
         new = dataclasses.replace(
             state,
             params=params,
@@ -73,7 +75,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
             step=state.step + 1,
             diverged=check_divergence(state.diverged, energy, params),
         )
-        after = new.step - config.burn_in
+        after = new.step - burn_in
         return (
             _collect(new) if after > 0 and after % config.thin == 0 and state.collected < k else new
         )
@@ -91,7 +93,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     def summary(state: SWAGState) -> dict[str, torch.Tensor]:
         return {"mean": state.mean, "std": state.diag_var.sqrt()}
 
-    return Sampler("swag", init, update, draw, summary, config.burn_in + k * config.thin, SWAGState)
+    return Sampler("swag", init, update, draw, summary, burn_in + k * config.thin, SWAGState)
 
 
 def _collect(state: SWAGState) -> SWAGState:

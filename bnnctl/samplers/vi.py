@@ -56,6 +56,8 @@ def inverse_softplus(y: float) -> float:
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """MFVI fit for ``config.burn_in`` Adam steps (learning rate ``step_size``)."""
     temp, s2 = post.temperature, post.prior_var
+    step_size, burn_in = config.step_size, config.burn_in
+    assert step_size is not None and burn_in is not None  # set by SamplerConfig.__post_init__
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> VIState:
         rho = torch.full_like(params, inverse_softplus(config.init_std))
@@ -81,9 +83,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         m = BETAS[0] * state.adam_m + (1 - BETAS[0]) * torch.stack([g_mu, g_rho])
         v = BETAS[1] * state.adam_v + (1 - BETAS[1]) * torch.stack([g_mu, g_rho]).square()
         delta = (
-            config.step_size
-            * (m / (1 - BETAS[0] ** t))
-            / ((v / (1 - BETAS[1] ** t)).sqrt() + ADAM_EPS)
+            step_size * (m / (1 - BETAS[0] ** t)) / ((v / (1 - BETAS[1] ** t)).sqrt() + ADAM_EPS)
         )
         energy = nll + temp * kl
         return dataclasses.replace(
@@ -104,4 +104,4 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     def summary(state: VIState) -> dict[str, torch.Tensor]:
         return {"mean": state.params, "std": state.std}
 
-    return Sampler("mfvi", init, update, draw, summary, config.burn_in, VIState)
+    return Sampler("mfvi", init, update, draw, summary, burn_in, VIState)

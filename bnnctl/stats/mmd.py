@@ -49,24 +49,26 @@ def mmd(
     d2 = torch.cdist(z, z, p=2.0)
     d1 = torch.cdist(z, z, p=1.0)
     med2, med1 = _offdiag_median(d2), _offdiag_median(d1)
+    gaussian: list[dict[str, float]] = []
+    laplace: list[dict[str, float]] = []
     out = {
         "n_a": len(x),
         "n_b": len(y),
         "median_l2": med2,
         "median_l1": med1,
-        "gaussian": [],
-        "laplace": [],
+        "gaussian": gaussian,
+        "laplace": laplace,
     }
     for c in multiples:
         s2, s1 = c * med2, c * med1
-        out["gaussian"].append(
+        gaussian.append(
             {
                 "multiple": c,
                 "sigma": s2,
                 "mmd2": mmd2_from_kernel(torch.exp(-(d2**2) / (2 * s2 * s2)), len(x)),
             }
         )
-        out["laplace"].append(
+        laplace.append(
             {"multiple": c, "sigma": s1, "mmd2": mmd2_from_kernel(torch.exp(-d1 / s1), len(x))}
         )
     return out

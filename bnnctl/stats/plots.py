@@ -90,6 +90,7 @@ def _canonical(store: Store, ctx: Context, labels: np.ndarray):
         return None, None, None
     method = sorted(ctx.canonical)[0]
     rows = ctx.canonical[method]
+    assert ctx.members is not None  # write_all calls this only when members were evaluated
     by_id = dict(zip(ctx.members.rows["model_id"], labels, strict=True))
     lab = np.array([by_id.get(p, "parent not selected") for p in rows["parent_id"]])
     return store.read_params(rows), lab, method
@@ -197,7 +198,7 @@ def largest_index(arch: ArchSpec, raw, canon=None):
         if x is None:
             continue
         idx = x[:, w.offset : w.offset + w.size].reshape(len(x), *w.shape).argmax(1).ravel()
-        ax.hist(idx, bins=bins, alpha=0.6, label=name, density=True)
+        ax.hist(idx, bins=bins, alpha=0.6, label=name, density=True)  # type: ignore[arg-type]
     ax.set(
         title="index of the hidden unit with the largest weight from each input (layer 1)",
         xlabel="hidden unit index",

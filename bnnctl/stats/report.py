@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -69,7 +69,7 @@ def compare(
             raise UsageError(f"--compare: {w!r} selects no rows")
     splits = [split_canonical(man, s) for s in sel]
     raws = [functional_members(r) for r, _ in splits]
-    out = {
+    out: dict[str, Any] = {
         "a": {"where": where_a, "n": len(raws[0])},
         "b": {"where": where_b, "n": len(raws[1])},
         "agreement": None,
@@ -134,7 +134,7 @@ def compute(
             f"where {where!r} selects no rows" if where else "the store holds no checkpoints",
             "where",
         )
-    rep = {
+    rep: dict[str, Any] = {
         "format": FORMAT,
         "where": where,
         "n_models": len(rows),

@@ -56,10 +56,12 @@ def complete_rows(
 
 def _torch_version() -> str:
     """The torch that made the rows (writers have it loaded already)."""
-    torch = sys.modules.get("torch")
-    if torch is None:
+    module = sys.modules.get("torch")
+    if module is None:
         import torch
-    return str(torch.__version__)
+
+        module = torch
+    return str(module.__version__)
 
 
 #: Columns ``bnnctl ls`` shows unless asked for others.

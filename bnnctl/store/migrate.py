@@ -49,7 +49,9 @@ def read_v1(store: Store, folder: str) -> pa.Table:
 def migrate(url: str | os.PathLike) -> dict:
     """Upgrade the store at ``url`` to the current format; returns what was done."""
     store = Store.open(url, migrating=True)
-    version = store.group.attrs["bnnctl"]["format_version"]
+    info = store.group.attrs["bnnctl"]
+    assert isinstance(info, dict)  # Store.open refuses a store without this dict
+    version = info["format_version"]
     if version == FORMAT_VERSION:
         return {"from": version, "to": version, "rows": len(store.manifest()), "changed": False}
     fs, root = store.fs, store.root
@@ -67,7 +69,7 @@ def migrate(url: str | os.PathLike) -> dict:
         fs.mv(f"{root}/manifest", f"{root}/manifest.v1", recursive=True)
         fs.mv(staged, f"{root}/manifest", recursive=True)
     _check_same(rows, delta.read(delta.open_table(f"{root}/manifest")))
-    store.group.attrs["bnnctl"] = {**store.group.attrs["bnnctl"], "format_version": FORMAT_VERSION}
+    store.group.attrs["bnnctl"] = {**info, "format_version": FORMAT_VERSION}
     return {"from": version, "to": FORMAT_VERSION, "rows": rows.num_rows, "changed": True}
 
 

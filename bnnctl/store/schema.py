@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
+from typing import Any
 
 import pyarrow as pa
 
@@ -119,7 +120,7 @@ ARROW_SCHEMA = pa.schema([pa.field(n, ARROW[t], nullable=not req) for n, t, req,
 def json_schema() -> dict:
     """JSON Schema of one manifest row (as ``DataFrame.to_dict('records')`` gives it,
     timestamps as ISO 8601 strings)."""
-    props = {}
+    props: dict[str, dict[str, Any]] = {}
     for name, typ, req, desc in COLUMNS:
         base = {
             S: {"type": "string"},

@@ -24,12 +24,13 @@ import os
 import uuid
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
 import zarr
 from deltalake import DeltaTable
+from zarr.codecs import ZstdCodec
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
@@ -55,7 +56,7 @@ DTYPES = tuple(d.value for d in DType)
 #: (see scripts/bench_store.py) and decompression would slow every read.
 PARAMS_COMPRESSORS = None
 #: Data arrays (often images, many zeros) compress well and are read once per command.
-DATA_COMPRESSORS = zarr.codecs.ZstdCodec(level=3)
+DATA_COMPRESSORS = ZstdCodec(level=3)
 MAX_STORED_DATA_BYTES = 512 * 2**20
 
 
@@ -232,7 +233,8 @@ class Store:
     def array(self, path: str) -> zarr.Array:
         if path not in self._arrays:
             try:
-                self._arrays[path] = self.group[path]
+                # manifest ``array`` paths name the arrays commit_block created
+                self._arrays[path] = cast(zarr.Array, self.group[path])
             except KeyError:
                 raise StoreError(f"params array {path} is missing from the store") from None
         return self._arrays[path]
@@ -248,11 +250,12 @@ class Store:
         all_rows = rows["row"].to_numpy(dtype=np.int64)
         for path, idx in rows.groupby("array", sort=False).indices.items():
             arr, r = self.array(path), all_rows[idx]
+            # zarr types reads as array-or-scalar; these 2-D selections are arrays
             if len(r) * 4 >= arr.shape[0]:  # most of the shard: one sequential read
-                out[idx] = arr[:][r]
+                out[idx] = cast(np.ndarray, arr[:])[r]
             else:
                 uniq, inverse = np.unique(r, return_inverse=True)
-                out[idx] = arr.oindex[uniq, :][inverse]
+                out[idx] = cast(np.ndarray, arr.oindex[uniq, :])[inverse]
         return out
 
     # --- data ----------------------------------------------------------------------
@@ -282,9 +285,10 @@ class Store:
 
     def load_data(self, path: str) -> Dataset:
         try:
-            g = self.group[path]
-            name = g.attrs.get("name", path)
-            return validate(name, {k: g[k][:] for k in SPLITS})
+            # put_dataset made ``path`` a group of the SPLITS arrays, named by a string
+            g = cast(zarr.Group, self.group[path])
+            name = cast(str, g.attrs.get("name", path))
+            return validate(name, {k: cast(np.ndarray, cast(zarr.Array, g[k])[:]) for k in SPLITS})
         except KeyError:
             raise StoreError(f"data {path} is missing from the store") from None
 
@@ -295,11 +299,11 @@ class Store:
         completion mark (written last). Replaces any state already at that path."""
         g = self.group.create_group(f"state/{path}", overwrite=True)
         for key, a in arrays.items():
-            a = np.ascontiguousarray(a)
+            a = np.ascontiguousarray(a)  # ndim >= 1, so the chunk shape is never empty
             g.create_array(
                 name=key,
                 data=a,
-                chunks=tuple(max(1, s) for s in a.shape) or None,
+                chunks=tuple(max(1, s) for s in a.shape),
                 compressors=None,
                 overwrite=True,
             )
@@ -308,13 +312,13 @@ class Store:
     def read_state(self, path: str) -> tuple[dict[str, np.ndarray], dict] | None:
         """The state saved at ``state/<path>``, or None when absent or incomplete."""
         try:
-            g = self.group[f"state/{path}"]
+            g = cast(zarr.Group, self.group[f"state/{path}"])  # write_state made it a group
         except KeyError:
             return None
         attrs = dict(g.attrs)
         if not attrs.pop("complete", False):
             return None
-        return {k: a[...] for k, a in g.arrays()}, attrs
+        return {k: cast(np.ndarray, a[...]) for k, a in g.arrays()}, attrs
 
     def remove_state(self, path: str) -> None:
         """Delete ``state/<path>`` if present."""

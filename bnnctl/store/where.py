@@ -111,7 +111,8 @@ def check_where(expr: str, columns: Iterable[str] | None = None) -> None:
     try:
         tree = ast.parse(expr, mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        at = f" at column {e.offset}" if getattr(e, "offset", None) else ""
+        offset = getattr(e, "offset", None)
+        at = f" at column {offset}" if offset else ""
         raise _fail(f"--where: syntax error{at}: {getattr(e, 'msg', e)}") from None
     cols = None if columns is None else {str(c) for c in columns}
     try:

@@ -3,17 +3,29 @@ permute, rescale or flip the units of ``M`` stacked models in place, and L2 mass
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import torch
 
 from bnnctl.arch import ArchSpec, UnitGroup
 from bnnctl.symmetry.transform import mass_tensors
 
 
+def tensor_sum(parts: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Built-in ``sum(parts)``, typed as the tensor it is when ``parts`` is non-empty
+    (an empty sum would be the int 0): callers pass parts that exist by construction."""
+    return cast(torch.Tensor, sum(parts))
+
+
 def l2_mass(arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
     """``[M]`` sum of squared weights (biases not counted), as float64 (summed in the
     input's precision: torch's cascade summation keeps float32 to ~1e-7)."""
     v = arch.views(flat)
-    return sum(torch.linalg.vector_norm(v[n], dim=(1, 2)).double() ** 2 for n in mass_tensors(arch))
+    # an MLP has at least one weight matrix
+    return tensor_sum(
+        torch.linalg.vector_norm(v[n], dim=(1, 2)).double() ** 2 for n in mass_tensors(arch)
+    )
 
 
 def shape_for(t: torch.Tensor, axis: int, vec: torch.Tensor) -> torch.Tensor:
@@ -68,4 +80,4 @@ def unit_mass(
     """``[M, n]`` counted squared mass of each unit's incoming or outgoing weights."""
     pairs = group.incoming if side == "in" else group.outgoing
     parts = [reduce_except(v[n], a) for n, a in pairs if n in counted]
-    return sum(parts) if parts else torch.zeros_like(v[pairs[0][0]].select(0, 0))
+    return tensor_sum(parts) if parts else torch.zeros_like(v[pairs[0][0]].select(0, 0))

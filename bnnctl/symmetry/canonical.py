@@ -38,7 +38,8 @@ def canonicalize(arch: ArchSpec, flat: torch.Tensor, transform: Transform) -> Ca
             scales, sweeps = scale_l2_(arch, x)
     if "sign" in transform.symmetries:
         signs = signs_(arch, x)
-    perms, ties = [], torch.zeros(m, dtype=torch.int64)
+    perms: list[torch.Tensor] = []
+    ties = torch.zeros(m, dtype=torch.int64)
     if "perm" in transform.symmetries:
         perms, ties = sort_(arch, x, transform.key or DEFAULT_KEY)
     return Canonical(x, perms, scales, signs, ties, sweeps)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 from bnnctl.arch import ArchSpec
-from bnnctl.symmetry.action import permute_, unit_rows
+from bnnctl.symmetry.action import permute_, tensor_sum, unit_rows
 
 ALIGN_MAX_ITER = 100
 
@@ -38,7 +38,7 @@ def weight_match(
             # sweep 0 is a forward pass on incoming tensors only (the next layer is not
             # matched yet): it recovers an exact permuted copy of ref in one pass
             pairs = g.incoming if sweep == 0 else g.incoming + g.outgoing
-            cost = sum(
+            cost = tensor_sum(  # every unit group has incoming tensors
                 torch.matmul(unit_rows(rv[n], a), unit_rows(v[n], a).transpose(1, 2))
                 for n, a in pairs
             ).numpy()  # [M, n_ref, n_model]

@@ -29,6 +29,6 @@ def count_modes(params: np.ndarray, rtol: float = MODE_RTOL, chunk: int = 512) -
         )
         rows.append(r.numpy() + i)
         cols.append(c.numpy() + i)
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    graph = coo_matrix((np.ones(len(r)), (r, c)), shape=(n, n))
+    ri, ci = np.concatenate(rows), np.concatenate(cols)
+    graph = coo_matrix((np.ones(len(ri)), (ri, ci)), shape=(n, n))
     return int(connected_components(graph, directed=False)[0])

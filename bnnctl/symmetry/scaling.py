@@ -10,7 +10,7 @@ import torch
 
 from bnnctl.arch import ArchSpec
 from bnnctl.errors import CheckError, UsageError
-from bnnctl.symmetry.action import flip_, reduce_except, scale_, unit_mass
+from bnnctl.symmetry.action import flip_, reduce_except, scale_, tensor_sum, unit_mass
 from bnnctl.symmetry.transform import SCALE_MAX_SWEEPS, SCALE_TOL, mass_tensors
 
 # --- scaling --------------------------------------------------------------------------
@@ -53,9 +53,11 @@ def _weighted(role: _Role, s: list[torch.Tensor], side: str) -> torch.Tensor:
     if side == "in":
         if role.row_sums is not None:
             return role.row_sums
+        assert role.col is not None  # row_sums is None only when col is set
         return matvec(role.q, torch.exp(-2 * s[role.col]))
     if role.col_sums is not None:
         return role.col_sums
+    assert role.row is not None  # col_sums is None only when row is set
     return vecmat(torch.exp(2 * s[role.row]), role.q)
 
 
@@ -83,8 +85,9 @@ def l2_log_scales(
     for sweep in range(1, max_sweeps + 1):
         moved = 0.0
         for gi in range(len(groups)):
-            inn = sum(_weighted(r, s, "in") for r in roles if r.row == gi)
-            out = sum(_weighted(r, s, "out") for r in roles if r.col == gi)
+            # every hidden layer has a weight matrix on each side
+            inn = tensor_sum(_weighted(r, s, "in") for r in roles if r.row == gi)
+            out = tensor_sum(_weighted(r, s, "out") for r in roles if r.col == gi)
             ok = (inn > 0) & (out > 0)
             new = torch.where(ok, 0.25 * (out.log() - inn.log()), s[gi])
             moved = max(moved, float((new - s[gi]).abs().max()))
@@ -134,7 +137,7 @@ def signs_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
     """Flip units (odd activations) so that Σ_i W[j,i] + b_j ≥ 0, layer by layer."""
     v, out = arch.views(flat), []
     for g in arch.unit_groups():
-        total = sum(reduce_except(v[n], a, "sum") for n, a in g.incoming)
+        total = tensor_sum(reduce_except(v[n], a, "sum") for n, a in g.incoming)
         sign = torch.where(total < 0, -1.0, 1.0).to(flat.dtype)
         flip_(v, g, sign)
         out.append(sign)
