@@ -37,9 +37,16 @@ class OneLineErrors(TyperGroup):
     """Usage errors (unknown flag, bad value, missing argument) as one line on stderr,
     like the library's errors, instead of click's usage block."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kw: Any) -> Any:
+    def main(  # type: ignore[override]  # click overloads it on Literal standalone_mode
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **kw: Any,
+    ) -> Any:
         try:
-            rv = super().main(*args, standalone_mode=False, **kw)
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **kw)
         except click.NoArgsIsHelpError as e:
             e.show()
             rv = 2
@@ -49,7 +56,7 @@ class OneLineErrors(TyperGroup):
             hint = f" (see: {e.ctx.command_path} --help)" if e.ctx else ""
             typer.echo(f"error: {one_line(e.format_message())}{hint}", err=True)
             rv = 2
-        except click.Abort:
+        except typer.Abort:
             typer.echo("aborted", err=True)
             rv = 130
         if not standalone_mode:
@@ -251,7 +258,7 @@ def progress(
     items_total = None if total is None else total // per_item
 
     def status() -> tuple[int, float, str]:
-        done = state["units"] // per_item
+        done = int(state["units"] // per_item)
         elapsed = max(time.perf_counter() - t0, 1e-9)
         rate = done / elapsed
         eta = f", eta {_duration((items_total - done) / rate)}" if items_total and rate > 0 else ""

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -125,10 +126,10 @@ def transform_block(
             new, ties = _transform(arch, chunk, transform, ref64)
         with threads(CHECK_THREADS):
             parts.append((new, ties, outputs(arch, chunk, x), outputs(arch, new, x)))
-    new, ties, out_src, out_new = (
-        torch.cat(p) if isinstance(p[0], torch.Tensor) else np.concatenate(p)
-        for p in zip(*parts, strict=True)
-    )
+    new = torch.cat([p[0] for p in parts])
+    ties = np.concatenate([p[1] for p in parts])
+    out_src = torch.cat([p[2] for p in parts])
+    out_new = torch.cat([p[3] for p in parts])
     return BlockResult(
         new.numpy(),
         (out_new - out_src).abs().amax((1, 2)).double().numpy(),
@@ -334,6 +335,7 @@ def canonicalize(
 def _run_group(store: Store, g: Group, ref, block_size: int, progress) -> list[pd.DataFrame]:
     if g.todo.empty:
         return []
+    assert g.data, "plan() refuses groups without stored data"
     data = store.load_data(g.data)
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
     spec = g.transform.to_json(g.arch)
@@ -349,8 +351,8 @@ def _run_group(store: Store, g: Group, ref, block_size: int, progress) -> list[p
                 f"{g.target_id(chunk['model_id'].iloc[j])}: outputs differ from the source by "
                 f"{res.max_diff[j]:.3g} > {res.allowed[j]:.3g} (rtol {CHECK_RTOL:g}); not committed"
             )
-        noise = chunk["noise_std"].iloc[0] if "noise_std" in chunk else None
-        lik = for_task(chunk["task"].iloc[0], *([] if _py(noise) is None else [float(noise)]))
+        noise = _py(chunk["noise_std"].iloc[0]) if "noise_std" in chunk else None
+        lik = for_task(chunk["task"].iloc[0], *([] if noise is None else [float(noise)]))
         metrics = {k: v.double().numpy() for k, v in evaluate(lik, res.outputs, y).items()}
         wall = (time.perf_counter() - t0) / len(chunk)
         rows = [
@@ -423,7 +425,7 @@ def report(
     before, after = canon["l2_mass_before"].to_numpy(float), canon["l2_mass_after"].to_numpy(float)
     excess = 100.0 * (before / after - 1.0)
     rel = canon["max_logit_diff"].to_numpy(float)
-    rep = {
+    rep: dict[str, Any] = {
         "models": int(len(canon)),
         "new": None,
         "transforms": sorted({g.tag for g in groups}),

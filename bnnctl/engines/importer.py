@@ -82,15 +82,16 @@ def infer_arch(
 ) -> ArchSpec:
     """The MLP whose layout has exactly these names and shapes ("<i>.weight" [out, in],
     "<i>.bias" [out], Linear indices 0, 2, 4, ... or 0, 3, 6, ... with dropout layers)."""
-    bad = [k for k in sd if not NAME_RE.match(k)]
+    matches = {k: NAME_RE.match(k) for k in sd}
+    bad = [k for k, m in matches.items() if m is None]
     if bad:
         raise DataError(
             f"{source}: cannot infer an MLP from tensor names like {bad[0]!r} "
             "(expected '0.weight', '0.bias', '2.weight', ...); pass --arch"
         )
-    idx = sorted({int(NAME_RE.match(k).group(1)) for k in sd})
-    weights = [sd.get(f"{i}.weight") for i in idx]
-    if any(w is None or w.dim() != 2 for w in weights):
+    idx = sorted({int(m.group(1)) for m in matches.values() if m is not None})
+    weights = [w for i in idx if (w := sd.get(f"{i}.weight")) is not None and w.dim() == 2]
+    if len(weights) != len(idx):
         raise DataError(f"{source}: every layer needs a 2-D '<i>.weight'; pass --arch")
     steps = {b - a for a, b in zip(idx, idx[1:], strict=False)}
     step = steps.pop() if len(steps) == 1 else (2 if not steps else None)
@@ -101,7 +102,7 @@ def infer_arch(
     if step == 3 and not dropout:
         raise UsageError(f"{source}: layer indices step by 3 (dropout layers): pass --dropout RATE")
     widths = (weights[0].shape[1], *(w.shape[0] for w in weights))
-    arch = ArchSpec(widths, activation, dropout if step == 3 else 0.0)
+    arch = ArchSpec(widths, activation, (dropout or 0.0) if step == 3 else 0.0)
     modules.check_state_dict(arch, sd, source)
     return arch
 
@@ -127,6 +128,8 @@ def _load_all(files: list[Path], arch: ArchSpec | None, activation: str, dropout
         modules.check_state_dict(arch, arrays, path.name)
         dtypes |= {a.dtype for a in arrays.values()}
         rows.append(arrays)
+    if arch is None:
+        raise DataError("no checkpoint files to import")
     dtype = "float16" if dtypes == {np.dtype(np.float16)} else "float32"
     return arch, dtype, [modules.to_row(arch, sd, np.dtype(dtype)) for sd in rows]
 

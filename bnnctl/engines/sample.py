@@ -226,7 +226,15 @@ def check_population(store: Store, plan: Plan) -> list[int]:
         )
 
     mine = popmod.existing_rows(store, plan.population, plan.sha256, describe)
-    return sorted({int(re.search(r"/seg(\d+)", a).group(1)) for a in mine["array"]})
+    return sorted({_segment_of(a) for a in mine["array"]})
+
+
+def _segment_of(array: str) -> int:
+    """The segment index in an array path ``params/<population>/seg<k>.<attempt>``."""
+    m = re.search(r"/seg(\d+)", array)
+    if m is None:
+        raise StoreError(f"array {array} of a sample population is not named by segment")
+    return int(m.group(1))
 
 
 # --- running ----------------------------------------------------------------------------
@@ -310,7 +318,7 @@ def _burn_in(plan: Plan, sampler: Sampler, post: LogPosterior, progress):
         starts = plan.starts
     state = sampler.init(starts, gens)
     steps = sampler.fit_steps if sampler.approximate else plan.config.burn_in
-    for _ in range(steps):
+    for _ in range(steps or 0):
         state = sampler.update(state)
         progress(1)
     return state
@@ -325,7 +333,7 @@ def _segment(
     k0, k1 = seg * plan.segment, min((seg + 1) * plan.segment, plan.samples)
     kept, info = [], []
     for i in range(k0, k1):
-        if sampler.approximate:
+        if sampler.draw is not None:  # an approximation: draw from q
             theta = sampler.draw(state)
             progress(1)
         else:
@@ -345,7 +353,7 @@ def _segment(
         for c in torch.nonzero(ok).flatten().tolist()
     ]
     params, rows = _drop_nonfinite(plan, params, rows, state, divergent)
-    if seg == 0 and sampler.summary is not None:
+    if seg == 0:
         params, rows = _add_summary(plan, sampler, state, params, rows)
     if not rows:
         raise CheckError(
@@ -385,7 +393,7 @@ def _step_sizes(plan: Plan, state) -> list[float | None]:
         return state.step_size.tolist()
     if cfg.method in ("sgld", "sghmc"):
         return [step_size_at(cfg, state.step - 1)] * plan.chains
-    return [cfg.step_size if cfg.step_size > 0 else None] * plan.chains
+    return [cfg.step_size if cfg.step_size else None] * plan.chains
 
 
 def _accept(state) -> list[float] | None:
@@ -420,8 +428,10 @@ def _row(
 
 
 def _add_summary(plan: Plan, sampler: Sampler, state, params, rows):
-    """Append q's mean / std rows (approximations) to the first segment's block; the
-    mean rows get metrics like samples, the std rows none."""
+    """Append q's mean / std rows (approximations with a summary) to the first segment's
+    block; the mean rows get metrics like samples, the std rows none."""
+    if sampler.summary is None:
+        return params, rows
     ok = torch.nonzero(~state.diverged).flatten().tolist()
     for what, value in sampler.summary(state).items():
         extra = [_row(plan, c, -1, state.step, None, None, what) for c in ok]

@@ -17,6 +17,7 @@ import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -274,7 +275,7 @@ def _worker_init(threads: int, queue) -> None:
     _progress_queue = queue
 
 
-_progress_queue = None
+_progress_queue: Any = None  # a worker's queue to the parent's progress bar
 
 
 def _worker_block(

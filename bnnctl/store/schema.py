@@ -1,8 +1,7 @@
-"""The manifest's columns: one table, from which the Arrow schema of every manifest file
-and the JSON Schema in ``schemas/manifest.schema.json`` are both derived.
+"""The manifest's columns: one table, from which the Arrow schema of the manifest's Delta
+table and the JSON Schema in ``schemas/manifest.schema.json`` are both derived.
 
-Every manifest file is written with all columns (null where a column does not apply to
-its kind), so that ``pandas.read_parquet("<store>/manifest")`` reads the folder whole.
+Every row carries every column (null where a column does not apply to its kind).
 Regenerate the JSON file with ``python -m bnnctl.store.schema``.
 """
 
