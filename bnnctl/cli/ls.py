@@ -17,7 +17,6 @@ from bnnctl.cli.common import (
     emit_rows,
 )
 from bnnctl.store import Store
-from bnnctl.store.manifest import pick_columns, query
 
 
 @command("ls")
@@ -41,6 +40,7 @@ def ls_cmd(
 
     Example: bnnctl ls --where "test_acc > 0.97" --sort -test_acc --limit 5 --format csv
     """
-    df = query(Store.open(store, as_of=as_of).manifest(), where, sort, limit)
     cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
-    emit_rows(df if fmt is RowFormat.ids else pick_columns(df, cols), fmt.value)
+    if fmt is RowFormat.ids:
+        cols = ["model_id"]
+    emit_rows(Store.open(store, as_of=as_of).rows(where, cols, sort, limit), fmt.value)

@@ -1,18 +1,18 @@
-"""The checkpoint store: the only module that touches Zarr or Parquet.
+"""The checkpoint store: with :mod:`.table`, the only code that touches Zarr or Delta.
 
-Layout of a store (a Zarr v3 group at a local path or an fsspec URL)::
+Layout of a store (format 2; a Zarr v3 group at a local path or an object-store URL)::
 
-    zarr.json                       group attrs: {"bnnctl": {"format_version": 1}}
-    data/<sha16>/x_train ...        the exact arrays a population was trained/tested on
-    params/<population>/<block>     one params array per block: [rows, n_params],
-                                    one chunk per model, one shard per block,
-                                    attrs {"layout": [...], "arch": {...}}
-    manifest/<kind>-<population>-<block>.parquet   one file per committed block
+    zarr.json                          group attrs: {"bnnctl": {"format_version": 2}}
+    data/<sha16>/x_train ...           the exact arrays a population was trained/tested on
+    params/<population>/<block>.<id>   one params array per block attempt: [rows, n_params],
+                                       one chunk per model, one shard per block,
+                                       attrs {"layout": [...], "arch": {...}}
+    manifest/                          the manifest, a Delta Lake table (:mod:`.table`)
 
-Write protocol: the block's array data first, then its manifest file written under a
-temporary name and renamed; the rename is the commit point. A block belongs to one
-writer and is never rewritten once committed, so readers never see a half-written row
-and a crash at any moment leaves at most an orphan array that no manifest names.
+Write protocol: the block's array first, at a fresh path (an attempt id); then one
+manifest transaction inserting the block's rows (the commit point). A committed array is
+never written again, readers never see a half-written row, and a crash at any moment
+leaves at most an array that no row names (``gc`` removes it).
 """
 
 from __future__ import annotations
@@ -36,8 +36,16 @@ from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
 from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError, UsageError
 from bnnctl.store import table as delta
-from bnnctl.store.manifest import INT_TYPES, complete_rows
+from bnnctl.store.manifest import (
+    DEFAULT_COLUMNS,
+    INT_TYPES,
+    complete_rows,
+    pick_columns,
+    query,
+)
+from bnnctl.store.schema import NAMES
 from bnnctl.store.verify import Problem, gc, orphan_arrays, verify
+from bnnctl.store.where import columns_of
 from bnnctl.version import __version__
 
 #: Version of the on-disk store format this code reads and writes.
@@ -179,6 +187,24 @@ class Store:
         if self._manifest is None:
             self._manifest = delta.read(self.table())
         return self._manifest
+
+    def rows(
+        self,
+        where: str | None = None,
+        columns: list[str] | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+    ) -> pd.DataFrame:
+        """The rows ``where`` selects, sorted, at most ``limit``, with ``columns`` (None:
+        :data:`~bnnctl.store.manifest.DEFAULT_COLUMNS`; ``["all"]``: every column). Only
+        the columns needed are read, so listing a million rows stays fast."""
+        wanted = NAMES if columns == ["all"] else columns or DEFAULT_COLUMNS
+        needed = {*wanted, *columns_of(where), (sort or "").removeprefix("-")} & set(NAMES)
+        if self._manifest is not None:
+            df = self._manifest
+        else:
+            df = delta.read(self.table(), sorted(needed | {"model_id"}))
+        return pick_columns(query(df, where, sort, limit), columns)
 
     def population(self, name: str) -> pd.DataFrame:
         """The committed rows of population ``name`` (empty when it does not exist yet)."""

@@ -79,25 +79,30 @@ def _version_or_time(as_of: int | str) -> int | datetime:
         ) from None
 
 
-def read_arrow(dt: DeltaTable) -> pa.Table:
-    """Every committed row as Arrow, with the manifest's column types, in commit order
-    (a block's rows in their order in its array)."""
+#: What :func:`read_arrow` sorts by: commit time, then the row in its block's array.
+ORDER = ("created_at", "row")
+
+
+def read_arrow(dt: DeltaTable, columns: Sequence[str] | None = None) -> pa.Table:
+    """Every committed row as Arrow (only ``columns``, when given), with the manifest's
+    column types, in commit order (a block's rows in their order in its array)."""
+    names = [c for c in READ_SCHEMA.names if columns is None or c in columns]
     try:
-        table = dt.to_pyarrow_table().select(READ_SCHEMA.names).cast(READ_SCHEMA)
+        table = dt.to_pyarrow_table(columns=list(dict.fromkeys([*names, *ORDER])))
     except Exception as e:  # a data file of the table is missing or corrupted
         msg = " ".join(str(e).split())
         raise StoreError(
             f"the manifest table is unreadable ({type(e).__name__}: {msg}); "
             "run `bnnctl verify` for details"
         ) from None
-    return table.sort_by(
-        [("created_at", "ascending"), ("array", "ascending"), ("row", "ascending")]
-    )
+    order = pc.sort_indices(table, [(c, "ascending") for c in ORDER])
+    schema = pa.schema([READ_SCHEMA.field(n) for n in names])
+    return table.take(order).select(names).cast(schema)
 
 
-def read(dt: DeltaTable) -> pd.DataFrame:
-    """Every committed row, with the manifest's column types."""
-    return read_arrow(dt).to_pandas(types_mapper=INT_TYPES.get)
+def read(dt: DeltaTable, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """Every committed row (only ``columns``, when given), with the manifest's types."""
+    return read_arrow(dt, columns).to_pandas(types_mapper=INT_TYPES.get)
 
 
 def commit(uri: str, rows: pa.Table, storage_options: dict[str, str] | None = None) -> int:

@@ -230,6 +230,14 @@ def _eval(node: ast.AST, df: pd.DataFrame) -> Any:
     return out.astype("boolean") if out.dtype == object else out  # str methods on object dtype
 
 
+def columns_of(expr: str | None) -> set[str]:
+    """The column names an expression reads (after :func:`check_where` accepts it)."""
+    if not expr:
+        return set()
+    check_where(expr)
+    return {n.id for n in ast.walk(ast.parse(expr, mode="eval")) if isinstance(n, ast.Name)}
+
+
 def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
     """Rows of ``df`` matching the ``--where`` expression ``where`` (all rows when empty)."""
     if not where:
