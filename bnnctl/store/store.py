@@ -95,6 +95,7 @@ class Store:
         self.as_of = as_of
         self._manifest: pd.DataFrame | None = None
         self._arrays: dict[str, zarr.Array] = {}
+        self._writer: DeltaTable | None = None  # kept open across commits
 
     # --- opening -------------------------------------------------------------------
 
@@ -246,7 +247,9 @@ class Store:
         )
         arr[:] = stored
         block = complete_rows(rows, array_path, stored, arch, [row_sha256(r) for r in stored])
-        inserted = delta.commit(self.table_uri, block)
+        if self._writer is None:
+            self._writer = delta.open_table(self.table_uri)
+        inserted = delta.commit(self._writer, block)
         self._manifest = None
         out = block.to_pandas(types_mapper=INT_TYPES.get)
         if inserted < len(out):  # another writer committed some of these ids first

@@ -105,16 +105,19 @@ def read(dt: DeltaTable, columns: Sequence[str] | None = None) -> pd.DataFrame:
     return read_arrow(dt, columns).to_pandas(types_mapper=INT_TYPES.get)
 
 
-def commit(uri: str, rows: pa.Table, storage_options: dict[str, str] | None = None) -> int:
+def commit(table: str | DeltaTable, rows: pa.Table) -> int:
     """Insert the rows whose ``model_id`` is not in the table yet, in one transaction;
-    returns how many were inserted. Retries when another writer committed first."""
+    returns how many were inserted. Retries when another writer committed first. Given
+    an open table, it reads only the log entries added since (a writer keeps one open,
+    so that a commit does not replay the whole log)."""
+    dt = DeltaTable(table) if isinstance(table, str) else table
     populations = pc.unique(rows["population"]).to_pylist()
     # a literal on the population lets delta-rs skip other populations' files
     scope = " OR ".join(f"t.population = {_quote(p)}" for p in populations)
     predicate = f"({scope}) AND t.model_id = s.model_id"
     for attempt in range(COMMIT_ATTEMPTS):
         try:
-            dt = DeltaTable(uri, storage_options=storage_options)
+            dt.update_incremental()
             metrics = (
                 dt.merge(rows, predicate, source_alias="s", target_alias="t")
                 .when_not_matched_insert_all()
