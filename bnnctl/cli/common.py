@@ -108,7 +108,7 @@ def _root(
 StoreOpt = Annotated[
     str,
     typer.Option(
-        "--store", envvar="BNNCTL_STORE", help="Store path or fsspec URL (env BNNCTL_STORE)."
+        "--store", envvar="BNNCTL_STORE", help="Store path or object-store URL (env BNNCTL_STORE)."
     ),
 ]
 AsOfOpt = Annotated[
