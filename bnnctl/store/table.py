@@ -112,9 +112,13 @@ def commit(table: str | DeltaTable, rows: pa.Table) -> int:
     so that a commit does not replay the whole log)."""
     dt = DeltaTable(table) if isinstance(table, str) else table
     populations = pc.unique(rows["population"]).to_pylist()
-    # a literal on the population lets delta-rs skip other populations' files
+    low, high = pc.min_max(rows["model_id"]).values()
+    # literals on the population and the id range let delta-rs skip, by their min/max
+    # statistics, the files that cannot hold these ids: a commit then reads a few files
+    # however large the table grows
     scope = " OR ".join(f"t.population = {_quote(p)}" for p in populations)
-    predicate = f"({scope}) AND t.model_id = s.model_id"
+    ids = f"t.model_id >= {_quote(low.as_py())} AND t.model_id <= {_quote(high.as_py())}"
+    predicate = f"({scope}) AND {ids} AND t.model_id = s.model_id"
     for attempt in range(COMMIT_ATTEMPTS):
         try:
             dt.update_incremental()
