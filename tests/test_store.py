@@ -190,3 +190,37 @@ def test_orphan_arrays_are_listed_but_are_not_problems(store_copy):
     assert (
         r.exit_code == 0 and "params/digits/s999998-999999 is named by no manifest row" in r.output
     )
+
+
+@pytest.mark.parametrize("damage", ["flip", "delete"])
+def test_no_read_leaves_the_store_with_corrupted_weights(store_copy, tmp_path, damage):
+    """A flipped byte or a deleted shard (which zarr would read back as zeros) is refused
+    by every read that leaves the store, naming the model: export, stats re-evaluation,
+    canonicalize, sample --from all go through read_params."""
+    from typer.testing import CliRunner
+
+    from bnnctl.cli.common import app
+
+    store = Store.open(store_copy)
+    rec = store.manifest().iloc[0]
+    shard = next((store_copy / rec["array"]).rglob("c/*/*"))
+    if damage == "flip":
+        raw = bytearray(shard.read_bytes())
+        raw[4 * 7] ^= 0xFF  # a byte of the block's first row
+        shard.write_bytes(bytes(raw))
+    else:
+        shard.unlink()
+    first = Store.open(store_copy).manifest().query(f"array == '{rec['array']}'")
+    with pytest.raises(StoreError, match="do not match their sha256"):
+        Store.open(store_copy).read_params(first)
+    runner = CliRunner()
+    for args in (
+        ["export", "--where", "seed >= 0", str(tmp_path / f"out-{damage}")],
+        ["stats", "--ensemble"],
+        ["canonicalize"],
+        ["sample", "--method", "laplace", "--from", "seed >= 0", "--samples", "1"],
+    ):
+        r = runner.invoke(app, [*args, "--store", str(store_copy)])
+        assert r.exit_code == 1 and "do not match their sha256" in r.stderr, (args, r.output)
+        assert r.stderr.count("\n") == 1
+    assert not (tmp_path / f"out-{damage}").exists()

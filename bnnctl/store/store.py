@@ -269,7 +269,10 @@ class Store:
         return self._arrays[path]
 
     def read_params(self, rows: pd.DataFrame) -> np.ndarray:
-        """Params of the given manifest rows as float32 ``[len(rows), n_params]``, in order."""
+        """Params of the given manifest rows as float32 ``[len(rows), n_params]``, in order.
+        Every row is checked against its recorded sha256 as it is read: weights that left
+        the store are the weights that were committed (a :class:`StoreError` names the
+        first model that is not)."""
         if rows.empty:
             raise StoreError("no rows to read")
         widths = set(rows["n_params"])
@@ -278,14 +281,30 @@ class Store:
         out = np.empty((len(rows), int(widths.pop())), dtype=np.float32)
         all_rows = rows["row"].to_numpy(dtype=np.int64)
         for path, idx in rows.groupby("array", sort=False).indices.items():
-            arr, r = self.array(path), all_rows[idx]
-            # zarr types reads as array-or-scalar; these 2-D selections are arrays
-            if len(r) * 4 >= arr.shape[0]:  # most of the shard: one sequential read
-                out[idx] = cast(np.ndarray, arr[:])[r]
-            else:
-                uniq, inverse = np.unique(r, return_inverse=True)
-                out[idx] = cast(np.ndarray, arr.oindex[uniq, :])[inverse]
+            block = self._read_rows(str(path), all_rows[idx])
+            for i, stored in zip(idx, block, strict=True):
+                if row_sha256(stored) != rows["sha256"].iat[i]:
+                    raise StoreError(
+                        f"model {rows['model_id'].iat[i]}: its stored weights do not match their "
+                        f"sha256 (corrupted or missing data in {path}); run `bnnctl verify`"
+                    )
+            out[idx] = block
         return out
+
+    def _read_rows(self, path: str, r: np.ndarray) -> np.ndarray:
+        """Rows ``r`` of the params array ``path``, in its stored dtype."""
+        arr = self.array(path)
+        if r.size and (r.min() < 0 or r.max() >= arr.shape[0]):
+            raise StoreError(f"rows {r.min()}..{r.max()} are outside {path} ({arr.shape[0]} rows)")
+        try:  # zarr types reads as array-or-scalar; these 2-D selections are arrays
+            if len(r) * 4 >= arr.shape[0]:  # most of the shard: one sequential read
+                return cast(np.ndarray, arr[:])[r]
+            uniq, inverse = np.unique(r, return_inverse=True)
+            return cast(np.ndarray, arr.oindex[uniq, :])[inverse]
+        except (ValueError, OSError) as e:  # a truncated or unreadable chunk
+            raise StoreError(
+                f"params array {path} is unreadable: {' '.join(str(e).split())}"
+            ) from None
 
     # --- data ----------------------------------------------------------------------
 
