@@ -11,10 +11,9 @@ computed in float32 from the weights as stored. A row whose difference exceeds
 committed.
 
 Rows are committed a block at a time with :meth:`Store.commit_block` (array first,
-then the manifest file, renamed: the commit point). Ids, populations, array paths and
-manifest names are derived from the source ids and the transform alone, so a re-run
-skips what is committed (running twice adds nothing) and, after a crash, rewrites only
-the uncommitted orphan of the same name.
+then one manifest transaction: the commit point). Ids, populations and block names are
+derived from the source ids and the transform alone, so a re-run skips what is
+committed (running twice adds nothing) and a crash leaves at most an unnamed array.
 
 Canonical rows are always stored as float32: a float16 source is exactly float32, but
 its transformed weights are not float16.
@@ -371,8 +370,8 @@ def _run_group(store: Store, g: Group, ref, block_size: int, progress) -> list[p
 
 
 def _block_name(g: Group, chunk: pd.DataFrame) -> str:
-    """Deterministic in the block's sources and the transform: a re-run after a crash
-    reuses the name (overwriting only an uncommitted orphan); two runs never collide."""
+    """Deterministic in the block's sources and the transform (the store adds an attempt
+    id, so two attempts never share an array)."""
     h = hashlib.sha256(g.transform.spec_json().encode())
     for mid in chunk["model_id"]:
         h.update(f"\0{mid}".encode())

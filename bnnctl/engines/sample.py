@@ -7,7 +7,8 @@ row), or all chains from a single row (single-mode); ``chains`` may be any multi
 the number of rows (chain k starts from row k mod n).
 
 The kept samples are committed in segments of ``segment`` samples per chain: one params
-array and one manifest file per segment (the store's whole-shard, crash-safe protocol).
+array and one manifest transaction per segment (the store's whole-shard, crash-safe
+protocol).
 Before each commit the engine saves the state after that segment — positions, momenta,
 step sizes, optimizer moments and every chain's RNG state — under
 ``state/<population>/kept<k>``; after the commit the previous state is deleted. A killed
