@@ -280,3 +280,20 @@ def test_where_examples_in_readme_and_help_are_accepted(trained_store):
     assert len(exprs) >= 8
     for expr in exprs:
         check_where(expr, columns)
+
+
+def test_ls_parquet_snapshot_reads_back_with_pandas(trained_store, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "snap.parquet"
+    with out.open("wb") as fh:
+        r = subprocess.run(
+            [sys.executable, "-m", "bnnctl", "ls", "--store", str(trained_store), "--columns",
+             "all", "--format", "parquet", "--where", "seed < 3"],
+            stdout=fh, stderr=subprocess.PIPE, text=False,
+        )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    snap = pd.read_parquet(out)
+    ours = Store.open(trained_store).manifest().query("seed < 3")
+    assert sorted(snap["model_id"]) == sorted(ours["model_id"])
+    assert list(snap.columns) == list(ours.columns)

@@ -139,6 +139,7 @@ class RowFormat(str, Enum):
     json = "json"
     jsonl = "jsonl"
     ids = "ids"
+    parquet = "parquet"
 
 
 class ReportFormat(str, Enum):
@@ -324,7 +325,13 @@ def read_ids(ids: str) -> list[str]:
 
 
 def emit_rows(df: pd.DataFrame, fmt: str, title: str | None = None) -> None:
-    """Write rows to stdout in the chosen format."""
+    """Write rows to stdout in the chosen format (parquet: a plain snapshot file)."""
+    if fmt == "parquet":
+        if sys.stdout.isatty():
+            raise UsageError("--format parquet writes binary: redirect stdout to a file")
+        df.to_parquet(sys.stdout.buffer, index=False)
+        sys.stdout.flush()
+        return
     if fmt == "ids":
         text = "".join(f"{m}\n" for m in df["model_id"])
     elif fmt == "csv":
