@@ -59,3 +59,15 @@ def test_bench_scale_quick():
     out = json.loads(r.stdout)
     assert out["rows"] == 2048 and out["ms_per_block_last"] > 0 and out["ls_s_large"] > 0
     assert out["files_after_compact"] == 1 and 0 < out["manifest_bytes_per_row"] < 1000
+
+
+def test_bench_verify_quick():
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench_verify.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["problems"] == 0 and out["verify_mb_per_s"] > 0 and out["sha256_mb_per_s"] > 0

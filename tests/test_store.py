@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import zarr
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from jsonschema import Draft202012Validator
 
 from bnnctl import FORMAT_VERSION, ArchSpec, Store
@@ -224,3 +224,42 @@ def test_no_read_leaves_the_store_with_corrupted_weights(store_copy, tmp_path, d
         assert r.exit_code == 1 and "do not match their sha256" in r.stderr, (args, r.output)
         assert r.stderr.count("\n") == 1
     assert not (tmp_path / f"out-{damage}").exists()
+
+
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.integers(0, 7),
+            st.sampled_from(["model_id", "kind", "sha256", "data_sha256", "row", "n_params",
+                             "seed", "test_acc", "arch"]),
+            st.sampled_from([None, "", "x", "import", "canonical", "A" * 64, "a" * 64, -1, 0, 3,
+                             2.5]),
+        ),
+        max_size=6,
+    )
+)  # fmt: skip
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_schema_mask_flags_every_row_the_json_schema_rejects(trained_store, edits):
+    """verify validates only the rows rows_to_validate flags: that must be every row the
+    JSON Schema rejects, whatever is edited into the manifest."""
+    import pyarrow as pa
+
+    from bnnctl.store.schema import ARROW_SCHEMA, json_schema, rows_to_validate
+
+    records = Store.open(trained_store).manifest().to_dict("records")
+    for i, col, value in edits:
+        if isinstance(value, str) == (ARROW_SCHEMA.field(col).type == pa.string()) or value is None:
+            records[i][col] = value
+    schema = pa.schema([f.with_nullable(True) for f in ARROW_SCHEMA])
+    table = pa.Table.from_pylist(
+        [{k: (None if v is pd.NA or v != v else v) for k, v in r.items()} for r in records],
+        schema=schema,
+    )
+    mask = rows_to_validate(table).to_pylist()
+    validator = Draft202012Validator(json_schema())
+    for flagged, rec in zip(mask, table.to_pylist(), strict=True):
+        rec["created_at"] = rec["created_at"].isoformat() if rec["created_at"] else None
+        if any(True for _ in validator.iter_errors(rec)):
+            assert flagged, rec

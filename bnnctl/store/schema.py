@@ -134,7 +134,7 @@ def json_schema() -> dict:
             else {"anyOf": [base, {"type": "null"}], "description": desc}
         )
     props["kind"] = {"enum": list(KINDS), "description": props["kind"]["description"]}
-    props["sha256"]["pattern"] = props["data_sha256"]["pattern"] = "^[0-9a-f]{64}$"
+    props["sha256"]["pattern"] = props["data_sha256"]["pattern"] = SHA_PATTERN
     props["row"]["minimum"] = props["n_params"]["minimum"] = 0
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -143,6 +143,33 @@ def json_schema() -> dict:
         "required": [n for n, _, req, _ in COLUMNS if req],
         "properties": props,
     }
+
+
+#: The value constraints of :func:`json_schema` beyond types and required columns.
+SHA_PATTERN = "^[0-9a-f]{64}$"
+
+
+def rows_to_validate(table: pa.Table) -> pa.ChunkedArray | pa.Array:
+    """A boolean mask of the rows that can fail :func:`json_schema`, computed column by
+    column: a required value missing, an unknown ``kind``, a malformed hash, a negative
+    ``row`` or ``n_params``. Types cannot fail once the table has the manifest's Arrow
+    schema, so a row outside the mask passes, and validating only the masked rows one
+    by one gives the same problems as validating every row (tested)."""
+    import pyarrow.compute as pc
+
+    def bad(cond: Any) -> Any:
+        return pc.fill_null(cond, True)
+
+    mask = pa.array([False] * table.num_rows)
+    for name, _, required, _ in COLUMNS:
+        if required:
+            mask = pc.or_(mask, pc.is_null(table[name]))
+    mask = pc.or_(mask, bad(pc.invert(pc.is_in(table["kind"], pa.array(KINDS)))))
+    for name in ("sha256", "data_sha256"):
+        mask = pc.or_(mask, bad(pc.invert(pc.match_substring_regex(table[name], SHA_PATTERN))))
+    for name in ("row", "n_params"):
+        mask = pc.or_(mask, bad(pc.less(table[name], 0)))
+    return mask
 
 
 def arch_json_schema() -> dict:

@@ -12,7 +12,7 @@ import pandas as pd
 from bnnctl.arch import ArchSpec
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import INT_TYPES
-from bnnctl.store.schema import json_schema
+from bnnctl.store.schema import json_schema, rows_to_validate
 
 if TYPE_CHECKING:
     import numpy as np
@@ -45,7 +45,7 @@ def verify(store: Store) -> list[Problem]:
     if table.num_rows == 0:
         return problems
     validator = Draft202012Validator(json_schema())
-    for rec in table.to_pylist():
+    for rec in table.filter(rows_to_validate(table)).to_pylist():
         rec["created_at"] = rec["created_at"].isoformat() if rec["created_at"] else None
         for err in validator.iter_errors(rec):
             where = "/".join(map(str, err.absolute_path)) or "row"
