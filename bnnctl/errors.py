@@ -12,6 +12,16 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks and runs of spaces made single spaces."""
+    return " ".join(text.split())
+
+
+def describe(e: BaseException) -> str:
+    """A foreign exception as one line: its type and message."""
+    return f"{type(e).__name__}: {one_line(str(e))}"
+
+
 class BnnctlError(Exception):
     """Base of every error bnnctl reports to a user."""
 

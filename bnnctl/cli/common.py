@@ -24,7 +24,7 @@ from typer._click import exceptions as click  # typer vendors click: its errors 
 from typer.core import TyperGroup
 
 from bnnctl.arch.spec import Activation
-from bnnctl.errors import BnnctlError, UsageError
+from bnnctl.errors import BnnctlError, UsageError, one_line
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -237,10 +237,6 @@ def _with_flag(e: BnnctlError, flags: dict[str, str]) -> str:
         return flags.get(m.group(1), "--" + m.group(1).replace("_", "-"))
 
     return re.sub(r"`([a-z][a-z0-9_]*)`", flag, str(e))
-
-
-def one_line(text: str) -> str:
-    return " ".join(text.split())
 
 
 # --- progress on stderr -----------------------------------------------------------------

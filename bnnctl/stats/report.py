@@ -98,7 +98,7 @@ def compare(
 
 @dataclass
 class Context:
-    """Arrays behind a report, for plots.py."""
+    """Arrays behind a report, for :mod:`bnnctl.stats.plots`."""
 
     members: Members | None = None
     selection: pd.DataFrame | None = None

@@ -34,7 +34,13 @@ from zarr.codecs import ZstdCodec
 
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
-from bnnctl.errors import FormatVersionError, StoreError, StoreNotFoundError, UsageError
+from bnnctl.errors import (
+    FormatVersionError,
+    StoreError,
+    StoreNotFoundError,
+    UsageError,
+    one_line,
+)
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import (
     DEFAULT_COLUMNS,
@@ -302,9 +308,7 @@ class Store:
             uniq, inverse = np.unique(r, return_inverse=True)
             return cast(np.ndarray, arr.oindex[uniq, :])[inverse]
         except (ValueError, OSError) as e:  # a truncated or unreadable chunk
-            raise StoreError(
-                f"params array {path} is unreadable: {' '.join(str(e).split())}"
-            ) from None
+            raise StoreError(f"params array {path} is unreadable: {one_line(str(e))}") from None
 
     # --- data ----------------------------------------------------------------------
 

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
-from bnnctl.errors import StoreError, UsageError
+from bnnctl.errors import StoreError, UsageError, describe, one_line
 from bnnctl.store.manifest import INT_TYPES
 from bnnctl.store.schema import ARROW_SCHEMA
 
@@ -61,8 +61,7 @@ def open_table(
     except Exception as e:  # delta-rs raises on unknown versions and times
         latest = DeltaTable(uri, storage_options=storage_options).version()
         raise UsageError(
-            f"no manifest version {as_of!r} (versions run from 0 to {latest}): "
-            f"{' '.join(str(e).split())}",
+            f"no manifest version {as_of!r} (versions run from 0 to {latest}): {one_line(str(e))}",
             "as_of",
         ) from None
     return dt
@@ -90,10 +89,8 @@ def read_arrow(dt: DeltaTable, columns: Sequence[str] | None = None) -> pa.Table
     try:
         table = dt.to_pyarrow_table(columns=list(dict.fromkeys([*names, *ORDER])))
     except Exception as e:  # a data file of the table is missing or corrupted
-        msg = " ".join(str(e).split())
         raise StoreError(
-            f"the manifest table is unreadable ({type(e).__name__}: {msg}); "
-            "run `bnnctl verify` for details"
+            f"the manifest table is unreadable ({describe(e)}); run `bnnctl verify` for details"
         ) from None
     order = pc.sort_indices(table, [(c, "ascending") for c in ORDER])
     schema = pa.schema([READ_SCHEMA.field(n) for n in names])

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import pandas as pd
 
 from bnnctl.arch import ArchSpec
+from bnnctl.errors import describe
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import INT_TYPES
 from bnnctl.store.schema import json_schema, rows_to_validate
@@ -41,7 +42,7 @@ def verify(store: Store) -> list[Problem]:
     try:
         table = delta.read_arrow(store.table())
     except Exception as e:  # a missing or corrupted data file or log entry
-        return [Problem(None, "manifest", f"manifest table unreadable: {one_line(e)}")]
+        return [Problem(None, "manifest", f"manifest table unreadable: {describe(e)}")]
     if table.num_rows == 0:
         return problems
     validator = Draft202012Validator(json_schema())
@@ -62,10 +63,6 @@ def verify(store: Store) -> list[Problem]:
     return problems
 
 
-def one_line(e: Exception) -> str:
-    return f"{type(e).__name__}: {' '.join(str(e).split())}"
-
-
 def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> list[Problem]:
     try:
         # a group at ``path`` fails this read and is reported below, like any unreadable array
@@ -73,8 +70,7 @@ def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> lis
         data = cast("np.ndarray", arr[:])
     except Exception as e:
         return [
-            Problem(m, path, f"params array unreadable: {type(e).__name__}: {e}")
-            for m in sub["model_id"]
+            Problem(m, path, f"params array unreadable: {describe(e)}") for m in sub["model_id"]
         ]
     problems = []
     for rec in sub.itertuples():

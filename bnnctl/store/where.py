@@ -42,7 +42,7 @@ from typing import Any
 
 import pandas as pd
 
-from bnnctl.errors import UsageError
+from bnnctl.errors import UsageError, describe, one_line
 
 MAX_LEN = 10_000
 _BINOPS: dict[type, Callable[[Any, Any], Any]] = {
@@ -74,7 +74,7 @@ def _fail(msg: str) -> UsageError:
 
 
 def _src(expr: str, node: ast.AST) -> str:
-    text = " ".join((ast.get_source_segment(expr, node) or ast.unparse(node)).split())
+    text = one_line(ast.get_source_segment(expr, node) or ast.unparse(node))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -246,7 +246,7 @@ def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
     try:
         mask = _eval(ast.parse(where, mode="eval").body, df)
     except Exception as e:  # pandas raises many types for a bad expression
-        raise _fail(f"bad --where expression {where!r}: {type(e).__name__}: {e}") from None
+        raise _fail(f"bad --where expression {where!r}: {describe(e)}") from None
     ok = isinstance(mask, pd.Series) and (
         pd.api.types.is_bool_dtype(mask)
         or pd.api.types.infer_dtype(mask, skipna=True) in ("boolean", "empty")
