@@ -2,9 +2,9 @@
 
 A population is a named set of models trained with one configuration. Its models are
 trained a block at a time: ``M`` models as one ``[M, n_params]`` tensor, batched matmuls
-for the forward and backward pass (:mod:`bnnctl.arch.spec`), and one ``torch.optim`` optimizer (fused
-Adam or SGD) over the stacked tensor, which is elementwise and therefore exactly a
-per-model optimizer. A block is ``block -> manifest rows`` with no shared state but the
+for the forward and backward pass (:mod:`bnnctl.arch.spec`), and one ``torch.optim``
+optimizer (fused Adam or SGD) over the stacked tensor, which is elementwise and therefore
+exactly a per-model optimizer. A block is ``block -> manifest rows`` with no shared state but the
 store, so blocks can run in worker processes (``jobs``) or on a distributed engine.
 
 Model k's initialisation and data order come from its own generator, seeded by

@@ -9,9 +9,9 @@ checked against the manifest's recorded ones (``evaluation.max_abs_diff_vs_manif
 Definitions (p_m(x) = softmax output of member m, p̄ = mean over the M members, H =
 entropy in nats):
 
-- BMA: the predictive p̄; its accuracy, NLL, ECE (15 bins) and Brier as in :mod:`bnnctl.evaluate.metrics`;
-  the curve of those against the number of members k = 1, 2, 4, ..., M (the first k of a
-  seeded random order of the members).
+- BMA: the predictive p̄; its accuracy, NLL, ECE (15 bins) and Brier as in
+  :mod:`bnnctl.evaluate.metrics`; the curve of those against the number of members
+  k = 1, 2, 4, ..., M (the first k of a seeded random order of the members).
 - Pairwise mutual information of models i, j: the information the model index carries
   about the label under the two-member mixture, I = mean_x [H((p_i+p_j)/2) -
   (H(p_i)+H(p_j))/2] (the Jensen-Shannon divergence); disagreement = fraction of points
@@ -36,5 +36,6 @@ entropy in nats):
   points pushed away from the training mean, μ + 3(x − μ).
 
 :func:`compute` returns a JSON-able dict of the stable shape documented in
-:data:`.report.JSON_SHAPE` and a :class:`.report.Context` of the arrays behind it (for :mod:`.plots`).
+:data:`.report.JSON_SHAPE` and a :class:`.report.Context` of the arrays behind it (for
+:mod:`.plots`).
 """
