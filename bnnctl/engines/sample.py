@@ -406,6 +406,7 @@ def _row(
 ) -> dict:
     cfg, ds = plan.config, plan.dataset
     suffix = f"s{index:06d}" if what is None else what
+    posterior = cfg.method != "mc_dropout"  # dropout masks on a checkpoint: no prior, no T
     return {
         "model_id": f"{plan.population}.c{chain:05d}.{suffix}",
         "kind": "sample",
@@ -421,8 +422,8 @@ def _row(
         "burn_in": cfg.burn_in,
         "accept_rate": accept,
         "step_size": size,
-        "temperature": cfg.temperature,
-        "prior_var": cfg.prior_var,
+        "temperature": cfg.temperature if posterior else None,
+        "prior_var": cfg.prior_var if posterior else None,
         "noise_std": cfg.noise_std if ds.task == "regression" else None,
         "batch_size": cfg.batch_size if cfg.method in ("sgld", "sghmc", "mfvi", "swag") else None,
     }

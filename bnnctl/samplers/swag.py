@@ -1,12 +1,18 @@
 """SWAG: SWA-Gaussian, diagonal plus low-rank (Maddox et al., NeurIPS 2019), from a short
 SGD run after each checkpoint, M runs at once.
 
-SGD with momentum 0.9 and learning rate η on the per-point objective U_T / N (minibatch
+SGD with momentum 0.9 and learning rate η on the per-point objective U_1 / N (minibatch
 estimate) runs ``burn_in`` steps, then collects K = ``rank`` snapshots θ_i every
 ``thin`` steps: running moments θ̄ = mean θ_i, s = mean θ_i², and the deviations
-D = [θ_i − θ̄_i] (the last K columns). A draw is
+D = [θ_i − θ̄_i] (the last K columns). A draw at temperature T is
 
-    θ = θ̄ + (1/√2) sqrt(diag(s − θ̄²)) z₁ + (1/√(2(K − 1))) D z₂,   z₁ ~ N(0, I_P), z₂ ~ N(0, I_K).
+    θ = θ̄ + √T ((1/√2) sqrt(diag(s − θ̄²)) z₁ + (1/√(2(K − 1))) D z₂),
+    z₁ ~ N(0, I_P), z₂ ~ N(0, I_K).
+
+T scales q's covariance, as a Gaussian N(θ̄, Σ) tempered to the power 1/T is N(θ̄, T Σ)
+(as in the Laplace method). SGD runs on U_1 at every T: its stationary spread is set by
+η (Mandt et al., JMLR 2017), and descending U_T = U_1 / T would only multiply η by 1/T,
+widening q as T falls.
 """
 
 from __future__ import annotations
@@ -46,7 +52,8 @@ class SWAGState(ChainState):
 
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """SWAG fit by ``burn_in + rank * thin`` SGD steps."""
-    k = config.rank
+    k, scale = config.rank, math.sqrt(post.temperature)
+    fit = dataclasses.replace(post, temperature=1.0)  # T only scales q: see the module doc
     step_size, burn_in = config.step_size, config.burn_in
     assert step_size is not None and burn_in is not None  # set by SamplerConfig.__post_init__
 
@@ -64,8 +71,8 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
 
     def update(state: SWAGState, batch: torch.Tensor | None = None) -> SWAGState:
         idx = batch if batch is not None else batch_for(config, post, state.gens)
-        energy, grad = post.energy_and_grad(state.params, idx)
-        velocity = MOMENTUM * state.velocity + grad / post.n
+        energy, grad = fit.energy_and_grad(state.params, idx)
+        velocity = MOMENTUM * state.velocity + grad / fit.n
         params = state.params - step_size * velocity
         new = dataclasses.replace(
             state,
@@ -84,14 +91,16 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         m, p = state.params.shape
         n = min(state.collected, k)
         z1 = randn(state.gens, p, state.params.dtype)
-        theta = state.mean + math.sqrt(0.5) * state.diag_var.sqrt() * z1
+        spread = math.sqrt(0.5) * state.diag_var.sqrt() * z1
         if n >= 2:
             z2 = randn(state.gens, n, state.params.dtype)
-            theta += torch.bmm(z2[:, None, :], state.dev[:, :n]).squeeze(1) / math.sqrt(2 * (n - 1))
-        return theta
+            spread += torch.bmm(z2[:, None, :], state.dev[:, :n]).squeeze(1) / math.sqrt(
+                2 * (n - 1)
+            )
+        return state.mean + scale * spread
 
     def summary(state: SWAGState) -> dict[str, torch.Tensor]:
-        return {"mean": state.mean, "std": state.diag_var.sqrt()}
+        return {"mean": state.mean, "std": scale * state.diag_var.sqrt()}
 
     return Sampler("swag", init, update, draw, summary, burn_in + k * config.thin, SWAGState)
 

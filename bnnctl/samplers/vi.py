@@ -4,12 +4,16 @@
 q(θ) = N(μ, diag σ²) with σ = softplus(ρ). Each update draws θ = μ + σ ⊙ ε, ε ~ N(0, I)
 (reparameterisation) and takes an Adam step on the tempered negative ELBO
 
-    L(μ, ρ) = E_q[ Σ_n −log p(y_n | x_n, θ) ] + T · KL(q ‖ N(0, σ_p² I)),
-    KL = Σ_i [ log(σ_p / σ_i) + (σ_i² + μ_i²) / (2 σ_p²) − 1/2 ],
+    L(μ, ρ) = E_q[ Σ_n −log p(y_n | x_n, θ) ] + E_q[ −log N(θ | 0, σ_p² I) ] − T · H(q),
+    E_q[ −log N(θ | 0, σ_p² I) ] = Σ_i (σ_i² + μ_i²) / (2 σ_p²) + (P/2) log 2πσ_p²,
+    H(q) = Σ_i log σ_i + (P/2) log 2πe,
 
-with gradients (g = ∇_θ of the (N/B-scaled minibatch) summed NLL at the drawn θ)
+which is T · KL(q ‖ p_T) up to a constant, p_T ∝ exp(−U_T) the tempered posterior
+(p(D | θ) p(θ))^{1/T} of :mod:`.posterior`; at T = 1 it is E_q[NLL] + KL(q ‖ prior).
+(Weighing that KL by T instead would temper the likelihood alone.) Its gradients, with
+g = ∇_θ of the (N/B-scaled minibatch) summed NLL at the drawn θ, are
 
-    ∇_μ L = g + T μ / σ_p²,    ∇_σ L = g ⊙ ε + T (σ / σ_p² − 1 / σ),    ∇_ρ = ∇_σ ⊙ sigmoid(ρ).
+    ∇_μ L = g + μ / σ_p²,    ∇_σ L = g ⊙ ε + σ / σ_p² − T / σ,    ∇_ρ = ∇_σ ⊙ sigmoid(ρ).
 
 Mean-field q matches the mean of a Gaussian posterior exactly but its variances are
 1 / Λ_ii (Λ the posterior precision), smaller than the marginal variances (Λ⁻¹)_ii
@@ -72,20 +76,18 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         sigma = F.softplus(rho)
         eps = randn(state.gens, mu.shape[1], mu.dtype)
         nll, g = post.energy_and_grad(mu + sigma * eps, idx, prior=False)
-        kl = (
-            (math.log(math.sqrt(s2)) - sigma.log() + (sigma**2 + mu**2) / (2 * s2) - 0.5)
-            .double()
-            .sum(-1)
-        )
-        g_mu = g + temp * mu / s2
-        g_rho = (g * eps + temp * (sigma / s2 - 1 / sigma)) * torch.sigmoid(rho)
+        p = mu.shape[1]
+        cross = ((sigma**2 + mu**2).double().sum(-1) / s2 + p * math.log(2 * math.pi * s2)) / 2
+        entropy = sigma.log().double().sum(-1) + p / 2 * math.log(2 * math.pi * math.e)
+        g_mu = g + mu / s2
+        g_rho = (g * eps + sigma / s2 - temp / sigma) * torch.sigmoid(rho)
         t = state.step + 1
         m = BETAS[0] * state.adam_m + (1 - BETAS[0]) * torch.stack([g_mu, g_rho])
         v = BETAS[1] * state.adam_v + (1 - BETAS[1]) * torch.stack([g_mu, g_rho]).square()
         delta = (
             step_size * (m / (1 - BETAS[0] ** t)) / ((v / (1 - BETAS[1] ** t)).sqrt() + ADAM_EPS)
         )
-        energy = nll + temp * kl
+        energy = nll + cross - temp * entropy
         return dataclasses.replace(
             state,
             params=mu - delta[0],
