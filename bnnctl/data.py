@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bnnctl.errors import DataError, UsageError
+from bnnctl.errors import DataError, UsageError, one_line
 
 BUILTIN = ("digits", "moons")
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
@@ -190,10 +190,15 @@ IDX_FILES = {
 
 def read_idx(p: Path) -> np.ndarray:
     """Read one IDX file (optionally gzipped), as in MNIST and Fashion-MNIST."""
-    raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+    except (OSError, EOFError) as e:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{p} is not a readable gzip file: {one_line(str(e))}") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
         raise DataError(f"{p} is not an IDX file (bad magic number)")
     ndim = raw[3]
+    if len(raw) < 4 + 4 * ndim:
+        raise DataError(f"{p}: IDX header is cut off ({len(raw)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", raw[4 : 4 + 4 * ndim])
     dtype = np.dtype(IDX_DTYPES[raw[2]])
     n = int(np.prod(dims)) * dtype.itemsize

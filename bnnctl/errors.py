@@ -1,5 +1,7 @@
-"""One error family. The CLI turns any of these into one line on stderr and a non-zero exit;
-anything else reaching the CLI is a bug and surfaces as one.
+"""One error family. The CLI turns any of these into one line on stderr and an exit code:
+2 for usage, 1 for data or store problems, 3 for the environment (disk full, read-only,
+permission, a missing optional dependency). Anything else reaching the CLI is a bug: one
+"internal error" line, and the traceback with ``--debug``.
 
 Each class is also the matching built-in error (a :class:`StoreNotFoundError` is a
 ``FileNotFoundError``), so library users can catch either. Errors about one argument
@@ -9,6 +11,7 @@ name it in backquotes as the library spells it (```batch_size```) and carry it a
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterable
 
 
@@ -46,8 +49,6 @@ class UsageError(BnnctlError, ValueError):
 class DataError(BnnctlError, ValueError):
     """Input data is malformed (shapes, dtypes, labels, NaN)."""
 
-    exit_code = 2
-
 
 class StoreError(BnnctlError, OSError):
     """The store cannot be opened, read or written as asked."""
@@ -65,6 +66,38 @@ class ConflictError(BnnctlError, ValueError):
     """The request contradicts what the store already holds (e.g. another arch)."""
 
     exit_code = 2
+
+
+class EnvironmentFault(BnnctlError, OSError):
+    """The machine stops the work: no space left, a read-only file system, no permission."""
+
+    exit_code = 3
+
+
+class MissingDependencyError(BnnctlError, ImportError):
+    """An optional package the request needs is not installed."""
+
+    exit_code = 3
+
+
+#: errno values that are faults of the environment, not of the request or the data.
+ENVIRONMENT_ERRNOS = frozenset(
+    getattr(errno, n)
+    for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOMEM", "EMFILE", "ENFILE")
+    if hasattr(errno, n)
+)
+
+
+def environment_fault(e: OSError, doing: str = "", after: str = "") -> EnvironmentFault:
+    """``e`` (one of :data:`ENVIRONMENT_ERRNOS`) as one line: ``<why>[ while <doing>][ (after)]``,
+    e.g. "no space left on device while committing block digits/3 (nothing committed; re-run
+    to continue)"."""
+    why = (e.strerror or describe(e)).lower()
+    where = f" ({e.filename})" if e.filename and not doing else ""
+    text = f"{why}{where}" + (f" while {doing}" if doing else "") + (f" ({after})" if after else "")
+    fault = EnvironmentFault(text)
+    fault.errno = e.errno
+    return fault
 
 
 class CheckError(BnnctlError, AssertionError):

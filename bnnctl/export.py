@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from bnnctl.arch import ArchSpec
-from bnnctl.errors import UsageError
+from bnnctl.errors import ENVIRONMENT_ERRNOS, EnvironmentFault, UsageError, environment_fault
 from bnnctl.store import DTYPES, Store
 from bnnctl.store.manifest import select_rows
 from bnnctl.version import __version__
@@ -82,14 +82,19 @@ def export(
         raise UsageError(f"export destination {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not force:
         raise UsageError(f"export destination {out} is not empty; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise EnvironmentFault(f"cannot write to {out}: {(e.strerror or str(e)).lower()}") from None
     try:
         files = _write(store, rows.reset_index(drop=True), fmt, tmp, dtype)
         _swap_into_place(tmp, out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            raise environment_fault(e, f"exporting to {out}", "nothing written") from None
         raise
     return [out / f.name for f in files]
 

@@ -243,12 +243,12 @@ def test_import_mixed_shapes_names_the_file_and_writes_nothing(store_copy, tmp_p
     write_pt(folder, "b.pt", small.state_dict())
     before = manifest_files(store_copy)
     r = runner.invoke(app, ["import", str(folder), "--store", str(store_copy)])
-    assert r.exit_code == 2 and "b.pt" in r.stderr and "names do not match" in r.stderr
+    assert r.exit_code == 1 and "b.pt" in r.stderr and "names do not match" in r.stderr
     r = runner.invoke(
         app, ["import", str(folder), "--arch", "mlp:64-16-16-10", "--store", str(store_copy)]
     )
     assert (
-        r.exit_code == 2
+        r.exit_code == 1
         and "a.pt: tensor 0.weight has shape (32, 64), expected (16, 64)" in r.stderr
     )
     assert manifest_files(store_copy) == before
@@ -262,7 +262,7 @@ def test_import_refuses_truncated_safetensors(trained_store, store_copy, tmp_pat
     before = manifest_files(store_copy)
     r = runner.invoke(app, ["import", str(tmp_path / "st"), "--store", str(store_copy)])
     assert (
-        r.exit_code == 2
+        r.exit_code == 1
         and "digits.000001.safetensors: not a readable safetensors file" in r.stderr
     )
     assert manifest_files(store_copy) == before
@@ -283,12 +283,12 @@ def test_import_never_unpickles_objects(store_copy, tmp_path):
     with open(folder / "x.pt", "wb") as f:
         pickle.dump({"0.weight": Evil(str(marker))}, f)
     r = runner.invoke(app, ["import", str(folder), "--store", str(store_copy)])
-    assert r.exit_code == 2 and "x.pt: not a plain PyTorch state_dict file" in r.stderr
+    assert r.exit_code == 1 and "x.pt: not a plain PyTorch state_dict file" in r.stderr
     assert not marker.exists()
     nested = tmp_path / "nested"
     write_pt(nested, "y.pt", {"state_dict": plain_net().state_dict(), "epoch": 3})
     r = runner.invoke(app, ["import", str(nested), "--store", str(store_copy)])
-    assert r.exit_code == 2 and "y.pt: not a plain state_dict" in r.stderr
+    assert r.exit_code == 1 and "y.pt: not a plain state_dict" in r.stderr
 
 
 def test_import_bad_folders_and_conflicts(store_copy, tmp_path):

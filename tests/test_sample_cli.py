@@ -332,7 +332,7 @@ def test_bad_from_leaves_store_untouched(store_copy, digits):
     before = sorted(p.name for p in (store_copy / "manifest").iterdir())
     for expr, message in [
         ("seed > 100", "selects no checkpoints"),
-        ("seed <", "--where: syntax error"),
+        ("seed <", "--from: syntax error"),
         ("seed < 3", "not a multiple"),
     ]:
         res = run("--method", "sghmc", "--from", expr, "--chains", 4, "--store", store_copy)

@@ -177,7 +177,7 @@ def test_syntax_errors_are_one_line(df, where):
     with pytest.raises(UsageError) as ei:
         select(df, where)
     msg = str(ei.value)
-    assert msg.startswith("--where") and "\n" not in msg
+    assert msg.startswith("`where`") and "\n" not in msg
 
 
 @pytest.mark.parametrize(
@@ -205,7 +205,7 @@ def test_not_a_row_filter(df, where):
 def test_bad_evaluation_is_one_usage_error(df, where):
     with pytest.raises(UsageError) as ei:
         select(df, where)
-    assert "bad --where expression" in str(ei.value) and "\n" not in str(ei.value)
+    assert "bad `where` expression" in str(ei.value) and "\n" not in str(ei.value)
 
 
 def test_deep_nesting_is_refused(df):
@@ -286,8 +286,8 @@ def test_injections_are_refused(df, tmp_path, template):
         check_where(where)
     assert not marker.exists()
     msg = str(ei.value)
-    assert msg.startswith("--where") and len(msg) > len("--where: ") and "\n" not in msg
-    assert "bad --where expression" not in msg, "refused by the checker, not at evaluation"
+    assert msg.startswith("`where`") and len(msg) > len("`where`: ") and "\n" not in msg
+    assert "bad `where` expression" not in msg, "refused by the checker, not at evaluation"
 
 
 def test_injection_corpus_is_live_under_plain_query(tmp_path):

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
-from bnnctl.errors import UsageError
+from bnnctl.errors import DataError, UsageError, describe
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI reads specs without it
     import torch
@@ -97,7 +97,7 @@ class ArchSpec:
                 f"unknown activation {self.activation!r}; choose from {', '.join(ACTIVATIONS)}"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise UsageError(f"dropout rate must be in [0, 1), got {self.dropout}")
+            raise UsageError(f"`dropout` must be in [0, 1), got {self.dropout}", "dropout")
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
 
     # --- naming and serialisation -------------------------------------------------
@@ -129,10 +129,16 @@ class ArchSpec:
 
     @classmethod
     def from_json(cls, text: str | dict) -> ArchSpec:
-        d = json.loads(text) if isinstance(text, str) else dict(text)
-        return cls(
-            tuple(d["widths"]), d.get("activation", "relu"), d.get("dropout", 0.0), d["kind"]
-        )
+        """The arch a manifest row or file header describes; text bnnctl did not write is
+        a :class:`DataError` that quotes it."""
+        try:
+            d = json.loads(text) if isinstance(text, str) else dict(text)
+            return cls(
+                tuple(d["widths"]), d.get("activation", "relu"), d.get("dropout", 0.0), d["kind"]
+            )
+        except (ValueError, KeyError, TypeError) as e:  # UsageError is a ValueError
+            shown = str(text) if len(str(text)) <= 80 else str(text)[:77] + "..."
+            raise DataError(f"arch {shown!r} is not a valid architecture: {describe(e)}") from None
 
     # --- layout ------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -24,7 +24,16 @@ from typer._click import exceptions as click  # typer vendors click: its errors 
 from typer.core import TyperGroup
 
 from bnnctl.arch.spec import Activation
-from bnnctl.errors import BnnctlError, UsageError, one_line
+from bnnctl.errors import (
+    ENVIRONMENT_ERRNOS,
+    BnnctlError,
+    EnvironmentFault,
+    MissingDependencyError,
+    UsageError,
+    describe,
+    environment_fault,
+    one_line,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -93,13 +102,29 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+def debugging() -> bool:
+    """Whether unexpected errors show their traceback (``--debug`` or ``BNNCTL_DEBUG=1``)."""
+    return _debug or os.environ.get("BNNCTL_DEBUG", "") not in ("", "0")
+
+
+_debug = False
+
+
 @app.callback()
 def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show the traceback of an internal error (or BNNCTL_DEBUG=1)."
+        ),
+    ] = False,
 ) -> None:
     """Build and query datasets of thousands of neural-network checkpoints."""
+    global _debug
+    _debug = debug
 
 
 # --- options defined once ---------------------------------------------------------------
@@ -185,6 +210,13 @@ ArchOpt = Annotated[
 ]
 
 
+AllowNonfiniteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-nonfinite",
+        help="Commit models whose weights or metrics hold NaN or Inf (refused by default).",
+    ),
+]
 ActivationOpt = Annotated[Activation, typer.Option("--activation", help="Hidden activation.")]
 DropoutOpt = Annotated[
     float, typer.Option("--dropout", help="Dropout rate after each hidden layer (for MC dropout).")
@@ -208,28 +240,87 @@ def dataset_and_arch(
 
 
 def command(name: str, flags: dict[str, str] | None = None) -> Callable:
-    """Register a command whose :class:`BnnctlError` becomes one line on stderr and an
-    exit code. Library errors name parameters in backquotes (```batch_size```); the
-    line names the command's flag instead (``--batch-size``, or as ``flags`` maps it)."""
+    """Register a command behind the error boundary: every failure ends as one line on
+    stderr and an exit code (:mod:`bnnctl.errors`). Library errors name parameters in
+    backquotes (```batch_size```); the line names the command's flag instead
+    (``--batch-size``, or as ``flags`` maps it). Known-harmless library warnings are
+    silenced: the user sees bnnctl's own lines only."""
 
     def wrap(fn: Callable) -> Callable:
         @functools.wraps(fn)
         def run(*a: Any, **kw: Any) -> Any:
             try:
-                return fn(*a, **kw)
-            except BnnctlError as e:
-                err.print(
-                    f"error: {one_line(_with_flag(e, flags or {}))}", markup=False, soft_wrap=True
-                )
-                raise typer.Exit(e.exit_code) from None
+                with quiet_library_warnings():
+                    return fn(*a, **kw)
             except BrokenPipeError:  # `| head` closed the pipe: end quietly
                 devnull = os.open(os.devnull, os.O_WRONLY)
                 os.dup2(devnull, sys.stdout.fileno())
                 raise typer.Exit(0) from None
+            except KeyboardInterrupt:
+                _fail("interrupted (committed blocks are kept; re-run to continue)", 130)
+            except Exception as e:
+                if isinstance(e, typer.Exit | click.ClickException):
+                    raise
+                known = as_known_error(e)
+                if known is None:
+                    if debugging():
+                        raise
+                    _fail(
+                        f"internal error: {describe(e)} (re-run with `bnnctl --debug ...` or "
+                        "BNNCTL_DEBUG=1 for the traceback)",
+                        1,
+                    )
+                else:
+                    _fail(_with_flag(known, flags or {}), known.exit_code)
 
         return app.command(name)(run)
 
     return wrap
+
+
+def as_known_error(e: BaseException) -> BnnctlError | None:
+    """``e`` as the error family sees it: faults of the environment (disk full, read-only,
+    permission, a missing optional package) become theirs; None for a bug."""
+    if isinstance(e, BnnctlError):
+        return e
+    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+        return environment_fault(e)
+    if isinstance(e, MemoryError):
+        return EnvironmentFault("out of memory (try a smaller --block-size or --chains)")
+    if isinstance(e, ImportError) and e.name and e.name.split(".")[0] in OPTIONAL_PACKAGES:
+        return MissingDependencyError(
+            f"{e.name} is not installed; it is needed for this store or format "
+            f"(pip install {OPTIONAL_PACKAGES[e.name.split('.')[0]]})"
+        )
+    return None
+
+
+#: Optional packages a request may need, by import name, with what to install.
+OPTIONAL_PACKAGES = {
+    "s3fs": "s3fs",
+    "gcsfs": "gcsfs",
+    "adlfs": "adlfs",
+    "matplotlib": "matplotlib",
+    "laplace": "laplace-torch",
+    "distributed": "distributed",
+}
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    err.print(f"error: {one_line(message)}", markup=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def quiet_library_warnings() -> Iterator[None]:
+    """Silence warnings libraries raise about conditions bnnctl handles itself (zarr's
+    notice about leftover ``*.partial`` files of an interrupted write, which ``bnnctl gc``
+    removes)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*\.partial", module=r"zarr(\..*)?")
+        yield
 
 
 def _with_flag(e: BnnctlError, flags: dict[str, str]) -> str:

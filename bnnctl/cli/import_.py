@@ -10,6 +10,7 @@ from bnnctl.arch.spec import Activation
 from bnnctl.cli.common import (
     DEFAULT_STORE,
     ActivationOpt,
+    AllowNonfiniteOpt,
     DataOpt,
     DatasetOpt,
     QuietOpt,
@@ -43,6 +44,7 @@ def import_cmd(
         str | None,
         typer.Option("--population", "-p", help="Population name (default: the folder's name)."),
     ] = None,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -57,7 +59,16 @@ def import_cmd(
 
     ds = load_dataset(None if data and dataset == "digits" else dataset, data)
     spec = ArchSpec.parse(arch, activation.value, dropout or 0.0) if arch else None
-    res = import_folder(store, folder, ds, spec, population, activation.value, dropout)
+    res = import_folder(
+        store,
+        folder,
+        ds,
+        spec,
+        population,
+        activation.value,
+        dropout,
+        allow_nonfinite=allow_nonfinite,
+    )
     msg = f"imported {len(res.rows)} models ({res.arch.name}, {res.dtype})"
     if res.skipped:
         msg += f"; {res.skipped} already in the store, skipped"

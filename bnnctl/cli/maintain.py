@@ -30,7 +30,7 @@ def migrate_cmd(store: StoreOpt = DEFAULT_STORE, quiet: QuietOpt = False) -> Non
     )
 
 
-@command("compact")
+@command("compact", flags={"vacuum_hours": "--vacuum"})
 def compact_cmd(
     vacuum: Annotated[
         float | None,

@@ -28,7 +28,7 @@ def _opt(flag: str, text: str) -> Any:
     return typer.Option(flag, help=text)
 
 
-@command("sample", flags={"start": "--from"})
+@command("sample", flags={"start": "--from", "where": "--from"})
 def sample_cmd(
     method: Annotated[Method, _opt("--method", "Sampler.")] = Method.sghmc,
     chains: Annotated[

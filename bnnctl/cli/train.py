@@ -11,6 +11,7 @@ from bnnctl.arch.spec import Activation
 from bnnctl.cli.common import (
     DEFAULT_STORE,
     ActivationOpt,
+    AllowNonfiniteOpt,
     ArchOpt,
     DataOpt,
     DatasetOpt,
@@ -25,6 +26,9 @@ from bnnctl.cli.common import (
 from bnnctl.engines.config import Optimizer, Schedule, TrainConfig
 from bnnctl.errors import UsageError
 from bnnctl.store.store import DType
+
+#: Seeds one run may request (each is a row; a store holds more over several runs).
+MAX_SEEDS_PER_RUN = 10_000_000
 
 
 @command("train", flags={"seeds": "--seeds/--seed-start"})
@@ -75,6 +79,7 @@ def train_cmd(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", help="Worker processes, each training whole blocks.")
     ] = 1,
+    allow_nonfinite: AllowNonfiniteOpt = False,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -84,8 +89,10 @@ def train_cmd(
     """
     from bnnctl.engines.train import train
 
-    if seeds < 1:
-        raise UsageError(f"--seeds must be at least 1, got {seeds}")
+    if not 1 <= seeds <= MAX_SEEDS_PER_RUN:
+        raise UsageError(
+            f"--seeds must be at least 1 and at most {MAX_SEEDS_PER_RUN:,} per run, got {seeds}"
+        )
     ds, spec = dataset_and_arch(dataset, data, arch, activation.value, dropout)
     cfg = TrainConfig(
         optimizer.value, lr, momentum, nesterov, weight_decay, epochs, batch_size, schedule.value
@@ -103,6 +110,7 @@ def train_cmd(
             jobs,
             dtype.value,
             progress=advance,
+            allow_nonfinite=allow_nonfinite,
         )
     elapsed = time.perf_counter() - t0
     rows = result.rows

@@ -113,7 +113,13 @@ def _numpy(t: torch.Tensor, source: str) -> np.ndarray:
     return (t if t.dtype in (torch.float16, torch.float32) else t.float()).numpy()
 
 
-def _load_all(files: list[Path], arch: ArchSpec | None, activation: str, dropout: float | None):
+def _load_all(
+    files: list[Path],
+    arch: ArchSpec | None,
+    activation: str,
+    dropout: float | None,
+    allow_nonfinite: bool = False,
+):
     """Every file's state_dict checked against one architecture (given, or from the first)."""
     rows, dtypes = [], set()
     for path in files:
@@ -126,6 +132,12 @@ def _load_all(files: list[Path], arch: ArchSpec | None, activation: str, dropout
             )
         arrays = {k: _numpy(v, path.name) for k, v in sd.items()}
         modules.check_state_dict(arch, arrays, path.name)
+        bad = next((k for k, a in arrays.items() if not np.isfinite(a).all()), None)
+        if bad is not None and not allow_nonfinite:
+            raise DataError(
+                f"{path.name}: non-finite weights (NaN or Inf) in {bad}; "
+                "pass `allow_nonfinite` to import them anyway"
+            )
         dtypes |= {a.dtype for a in arrays.values()}
         rows.append(arrays)
     if arch is None:
@@ -144,12 +156,14 @@ def import_folder(
     dropout: float | None = None,
     block_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    allow_nonfinite: bool = False,
 ) -> ImportResult:
     """Import every .safetensors / .pt / .pth file of ``folder`` as a model of population
     ``population`` (default: the folder's name), evaluated on ``dataset``. Files already
     imported (same model id ``<population>.<file stem>``) are skipped. Every file is read
     and checked before anything is written; ``store`` may be a path, opened (created)
-    only then."""
+    only then. File names must make valid model ids (:data:`~bnnctl.engines.population.
+    NAME_PATTERN`); weights must be finite unless ``allow_nonfinite``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"import source {folder} is not a folder")
@@ -157,11 +171,17 @@ def import_folder(
     if not files:
         raise UsageError(f"{folder} holds no {', '.join(IMPORT_SUFFIXES)} files")
     stems = [p.stem for p in files]
+    for p in files:
+        if not re.fullmatch(popmod.NAME_PATTERN, p.stem):
+            raise DataError(
+                f"{p.name!r}: a file name must make a valid model id (letters, digits, "
+                "'_', '.', '-', not starting with '.' or '-'); rename the file"
+            )
     dup = next((s for s in stems if stems.count(s) > 1), None)
     if dup:
         raise DataError(f"{folder}: two files are named {dup!r} (one model id each)")
     name = popmod.check_name(population or popmod.name_from(folder.resolve().name, "import"))
-    arch, dtype, params = _load_all(files, arch, activation, dropout)
+    arch, dtype, params = _load_all(files, arch, activation, dropout, allow_nonfinite)
     check_arch(arch, dataset)
     if not isinstance(store, Store):
         store = Store.open(store, create=True)
@@ -189,6 +209,7 @@ def import_folder(
     ]
     committed = []
     if todo:
+        store.check_writable(len(todo) * arch.n_params * np.dtype(dtype).itemsize)
         data_path = store.put_dataset(dataset)
         for s in range(0, len(todo), block_size):
             committed.append(

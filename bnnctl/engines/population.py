@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from bnnctl.errors import ConflictError, UsageError
+from bnnctl.errors import ConflictError, DataError, UsageError
 
 if TYPE_CHECKING:
+    import numpy as np
     import pandas as pd
     import torch
 
@@ -77,3 +78,54 @@ def existing_rows(
     if not other.empty:
         raise ConflictError(describe(other.iloc[0]))
     return mine
+
+
+def check_finite(
+    ids: Sequence[str], params: np.ndarray, metrics: dict[str, np.ndarray], what: str, hint: str
+) -> None:
+    """A :class:`DataError` naming the first model of ``what`` (a block, a file) whose
+    weights or metrics hold NaN or Inf: such a row would be committed as if sound."""
+    import numpy as np
+
+    bad = ~np.isfinite(params).all(axis=1)
+    for v in metrics.values():
+        bad |= ~np.isfinite(np.asarray(v, dtype=np.float64))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{what}: model {ids[i]} has non-finite weights or metrics (NaN or Inf; "
+            f"{int(bad.sum())} of {len(ids)} models); {hint}, or pass `allow_nonfinite` to "
+            "commit them anyway (nothing committed)"
+        )
+
+
+def available_memory() -> int | None:
+    """Bytes of memory a new allocation can use (Linux ``MemAvailable``); None if unknown."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(need: int, what: str, hint: str) -> None:
+    """Refuse, before any work, a request whose estimated peak memory ``need`` exceeds what
+    is available (a :class:`UsageError` with the estimate, instead of an out-of-memory
+    kill halfway through)."""
+    have = available_memory()
+    if have is not None and need > have:
+        raise UsageError(
+            f"{what} needs about {human_bytes(need)} of memory, and {human_bytes(have)} is "
+            f"available; {hint}"
+        )
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")

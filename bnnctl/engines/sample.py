@@ -156,6 +156,7 @@ def make_plan(
         )
     name = popmod.check_name(population or f"{dataset.name}-{config.method}")
     seg = segment or max(1, min(samples, BLOCK_ROWS // len(parents)))
+    store.check_writable(len(parents) * samples * arch.n_params * 4)
     if start is None:
         data_path = store.put_dataset(dataset)
     return store, Plan(

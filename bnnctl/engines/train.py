@@ -34,6 +34,8 @@ from bnnctl.store import DTYPES, Store
 
 #: Largest seed: model ids and block names print it in 6+ digits; Python ints are exact.
 MAX_SEED = 2**62
+#: Largest block: one shard of at most this many models (tiny models train in big blocks).
+MAX_BLOCK_SIZE = 65_536
 
 
 @dataclass(frozen=True)
@@ -131,12 +133,23 @@ def train_block(
     seeds: list[int],
     data_path: str | None,
     on_epoch: Callable[[int], None] | None = None,
+    allow_nonfinite: bool = False,
 ) -> pd.DataFrame:
-    """Train one block of seeds and commit it to the store: ``block -> manifest rows``."""
+    """Train one block of seeds and commit it to the store: ``block -> manifest rows``.
+    A block with a non-finite model is refused whole unless ``allow_nonfinite``."""
     t0 = time.perf_counter()
     params, train_loss = train_models(pop, seeds, on_epoch)
     stored = params.to(getattr(torch, pop.dtype)).float()  # metrics of the weights as stored
     metrics = metrics_of(pop.arch, for_task(pop.dataset.task), stored, pop.dataset)
+    block = f"s{seeds[0]:06d}-{seeds[-1]:06d}"
+    if not allow_nonfinite:
+        popmod.check_finite(
+            [pop.model_id(s) for s in seeds],
+            stored.numpy(),
+            {"train_loss": train_loss, **metrics},
+            f"block {pop.name}/{block}",
+            "lower `lr`",
+        )
     wall = (time.perf_counter() - t0) / len(seeds)
     cfg = asdict(pop.config)
     rows = []
@@ -157,7 +170,6 @@ def train_block(
                 **{k: float(v[i]) for k, v in metrics.items()},
             }
         )
-    block = f"s{seeds[0]:06d}-{seeds[-1]:06d}"
     committed = store.commit_block(
         f"params/{pop.name}/{block}", params.numpy(), pop.dtype, pop.arch, rows
     )
@@ -237,15 +249,20 @@ def train(
     jobs: int = 1,
     dtype: str = "float32",
     progress: Callable[[int], None] | None = None,
+    allow_nonfinite: bool = False,
 ) -> TrainResult:
     """Train ``seeds`` of a population into ``store``, skipping those already committed.
-    Every argument is checked before anything is written; ``store`` may be a path or URL,
-    then opened (created) only after the checks. ``progress(n)`` is called as model-epochs
+    Every argument is checked before anything is written, and the store's room and the
+    machine's memory before anything is trained; ``store`` may be a path or URL, then
+    opened (created) only after the checks. ``progress(n)`` is called as model-epochs
     complete (n at a time)."""
     pop = make_population(dataset, config, arch, population, dtype)
-    for name, value in (("block_size", block_size), ("jobs", jobs)):
-        if value < 1:
-            raise UsageError(f"`{name}` must be at least 1, got {value}", name)
+    if not 1 <= block_size <= MAX_BLOCK_SIZE:
+        raise UsageError(
+            f"`block_size` must be in 1..{MAX_BLOCK_SIZE}, got {block_size}", "block_size"
+        )
+    if jobs < 1:
+        raise UsageError(f"`jobs` must be at least 1, got {jobs}", "jobs")
     seeds = list(seeds)
     if not seeds:
         raise UsageError("no `seeds` requested", "seeds")
@@ -254,19 +271,49 @@ def train(
             f"`seeds` must be non-negative and at most 2**62, got {min(seeds)}..{max(seeds)}",
             "seeds",
         )
+    m = min(block_size, len(seeds))
+    popmod.check_memory(
+        jobs * block_memory(pop, m),
+        f"training {jobs} block(s) of {m} x {pop.arch.name}",
+        "lower `block_size` or the arch's widths",
+    )
     if not isinstance(store, Store):
         store = Store.open(store, create=True)
     todo = plan(store, pop, seeds)
     blocks = [todo[i : i + block_size] for i in range(0, len(todo), block_size)]
     if not blocks:
         return TrainResult(len(seeds), len(seeds), store.manifest().iloc[0:0])
+    store.check_writable(
+        len(todo) * pop.arch.n_params * np.dtype(dtype).itemsize + dataset_bytes(dataset)
+    )
     data_path = store.put_dataset(dataset)
     if jobs == 1:
-        done = [train_block(store, pop, b, data_path, progress) for b in blocks]
+        done = [train_block(store, pop, b, data_path, progress, allow_nonfinite) for b in blocks]
     else:
-        done = _run_parallel(store.url, pop, blocks, data_path, jobs, progress)
+        done = _run_parallel(store.url, pop, blocks, data_path, jobs, progress, allow_nonfinite)
     store.maybe_compact()
     return TrainResult(len(seeds), len(seeds) - len(todo), pd.concat(done, ignore_index=True))
+
+
+def block_memory(pop: Population, m: int) -> int:
+    """Estimated peak bytes of training and evaluating a block of ``m`` models: the stacked
+    params with their gradients, optimizer moments and copies; the minibatch activations
+    kept for the backward pass; the evaluation's outputs and hidden chunks."""
+    from bnnctl.evaluate import EVAL_CHUNK
+
+    w = pop.arch.widths
+    n_eval = max(len(pop.dataset.x_train), len(pop.dataset.x_test))
+    floats = (
+        6 * m * pop.arch.n_params
+        + 3 * m * pop.config.batch_size * sum(w[1:])
+        + 2 * m * min(EVAL_CHUNK, n_eval) * max(w[1:])
+        + m * n_eval * w[-1]
+    )
+    return 4 * floats
+
+
+def dataset_bytes(ds: Dataset) -> int:
+    return sum(a.nbytes for a in ds.arrays().values())
 
 
 def _worker_init(threads: int, queue) -> None:
@@ -279,12 +326,14 @@ _progress_queue: Any = None  # a worker's queue to the parent's progress bar
 
 
 def _worker_block(
-    url: str, pop: Population, seeds: list[int], data_path: str | None
+    url: str, pop: Population, seeds: list[int], data_path: str | None, allow_nonfinite: bool
 ) -> pd.DataFrame:
-    return train_block(Store.open(url), pop, seeds, data_path, _progress_queue.put)
+    return train_block(Store.open(url), pop, seeds, data_path, _progress_queue.put, allow_nonfinite)
 
 
-def _run_parallel(url, pop, blocks, data_path, jobs, progress) -> list[pd.DataFrame]:
+def _run_parallel(
+    url, pop, blocks, data_path, jobs, progress, allow_nonfinite
+) -> list[pd.DataFrame]:
     """Blocks in ``jobs`` spawned worker processes, each owning whole blocks."""
     import multiprocessing as mp
     import queue as queue_mod
@@ -296,7 +345,9 @@ def _run_parallel(url, pop, blocks, data_path, jobs, progress) -> list[pd.DataFr
     with ProcessPoolExecutor(
         jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, q)
     ) as ex:
-        futures = [ex.submit(_worker_block, url, pop, b, data_path) for b in blocks]
+        futures = [
+            ex.submit(_worker_block, url, pop, b, data_path, allow_nonfinite) for b in blocks
+        ]
         pending = set(futures)
         while pending:
             _, pending = wait(pending, timeout=0.2)

@@ -21,6 +21,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
 import uuid
 from enum import Enum
 from pathlib import Path
@@ -35,10 +36,14 @@ from zarr.codecs import ZstdCodec
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
 from bnnctl.errors import (
+    ENVIRONMENT_ERRNOS,
+    EnvironmentFault,
     FormatVersionError,
+    MissingDependencyError,
     StoreError,
     StoreNotFoundError,
     UsageError,
+    environment_fault,
     one_line,
 )
 from bnnctl.store import table as delta
@@ -72,6 +77,14 @@ PARAMS_COMPRESSORS = None
 #: Data arrays (often images, many zeros) compress well and are read once per command.
 DATA_COMPRESSORS = ZstdCodec(level=3)
 MAX_STORED_DATA_BYTES = 512 * 2**20
+#: Free space asked for beyond the planned arrays: a factor for chunk and shard
+#: overheads, and a fixed allowance for manifest files and checkpoints.
+SPACE_MARGIN = 1.2
+MANIFEST_SPACE = 4 * 2**20
+
+
+def _human(n: float) -> str:
+    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.1f} GB"
 
 
 def row_sha256(row: np.ndarray) -> str:
@@ -87,6 +100,29 @@ def _is_url(url: str) -> bool:
 
 def _table_uri(url: str, root: str) -> str:
     return f"{url.rstrip('/')}/manifest" if _is_url(url) else f"{root}/manifest"
+
+
+def _url_to_fs(url: str) -> tuple[Any, str]:
+    """fsspec's filesystem for ``url``; an unknown scheme or a missing driver package is
+    the user's to fix, and said so in one line."""
+    import fsspec
+
+    scheme = url.split("://", 1)[0]
+    try:
+        return fsspec.core.url_to_fs(url)
+    except ImportError as e:
+        package = e.name or {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs"}.get(
+            scheme, scheme
+        )
+        raise MissingDependencyError(
+            f"store {url} needs the {package} package: pip install {package}"
+        ) from None
+    except ValueError:
+        raise UsageError(
+            f"unknown store URL scheme {scheme + '://'!r} in {url}; use a local path, s3://, "
+            "gs:// or az://",
+            "store",
+        ) from None
 
 
 class Store:
@@ -124,9 +160,7 @@ class Store:
                 "local path or an object store (s3://, gs://, az://)"
             )
         if _is_url(url):
-            import fsspec
-
-            fs, root = fsspec.core.url_to_fs(url)
+            fs, root = _url_to_fs(url)
         else:
             from fsspec.implementations.local import LocalFileSystem
 
@@ -190,9 +224,18 @@ class Store:
         return delta.open_table(self.table_uri, as_of=self.as_of)
 
     def manifest(self) -> pd.DataFrame:
-        """All committed rows, one per checkpoint (cached until this store commits)."""
+        """All committed rows, one per checkpoint (cached until this store commits). A
+        manifest naming a model twice (edited by another tool) is refused: ``bnnctl
+        verify`` lists the duplicates, and nothing is built on them."""
         if self._manifest is None:
-            self._manifest = delta.read(self.table())
+            df = delta.read(self.table())
+            dup = df["model_id"].duplicated()
+            if dup.any():
+                raise StoreError(
+                    f"the manifest names {int(dup.sum())} model(s) twice, e.g. "
+                    f"{df['model_id'][dup].iloc[0]!r} (duplicate rows); run `bnnctl verify`"
+                )
+            self._manifest = df
         return self._manifest
 
     def rows(
@@ -236,8 +279,23 @@ class Store:
         if self.as_of is not None:
             raise StoreError(f"store opened as of manifest version {self.as_of} is read-only")
         stored = np.ascontiguousarray(params, dtype=np.dtype(dtype).newbyteorder("<"))
-        m, p = stored.shape
         array_path = f"{array_path}.{uuid.uuid4().hex[:8]}"
+        try:
+            return self._commit_block(array_path, stored, dtype, arch, rows)
+        except OSError as e:
+            if e.errno not in ENVIRONMENT_ERRNOS:
+                raise
+            with contextlib.suppress(Exception):  # our fresh array: no committed row names it
+                self.fs.rm(self._path(array_path), recursive=True)
+            block = array_path.removeprefix("params/").rsplit(".", 1)[0]
+            raise environment_fault(
+                e, f"committing block {block}", "nothing committed; re-run to continue"
+            ) from None
+
+    def _commit_block(
+        self, array_path: str, stored: np.ndarray, dtype: str, arch: ArchSpec, rows: list[dict]
+    ) -> pd.DataFrame:
+        m, p = stored.shape
         arr = self.group.create_array(
             name=array_path,
             shape=(m, p),
@@ -262,6 +320,30 @@ class Store:
             mine = delta.ids_with_array(self.table(), list(out["model_id"]), array_path)
             out = out[out["model_id"].isin(mine)]
         return out
+
+    def check_writable(self, planned_bytes: int = 0) -> None:
+        """Before any work: refuse a store that cannot be written, or (on a local disk) has
+        no room for about ``planned_bytes`` more. An object store reports its own faults
+        at the first write."""
+        if self.as_of is not None:
+            raise StoreError(f"store opened as of manifest version {self.as_of} is read-only")
+        if _is_url(self.url):
+            return
+        probe = Path(self.root) / f".write-check-{uuid.uuid4().hex[:8]}"
+        try:
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise EnvironmentFault(
+                f"cannot write to {self.url}: {(e.strerror or str(e)).lower()}"
+            ) from None
+        need = int(planned_bytes * SPACE_MARGIN) + MANIFEST_SPACE
+        free = shutil.disk_usage(self.root).free
+        if need > free:
+            raise EnvironmentFault(
+                f"not enough space for {self.url}: the planned arrays need about "
+                f"{_human(need)}, and {_human(free)} is free"
+            )
 
     # --- params --------------------------------------------------------------------
 
@@ -391,11 +473,11 @@ class Store:
         """Merge the manifest's small files, write a checkpoint, and with
         ``vacuum_hours`` remove files no version of the last that many hours needs (never
         less than a week's retention unless asked: readers of older versions need them)."""
+        if vacuum_hours is not None and not vacuum_hours >= 0:
+            raise UsageError(f"`vacuum_hours` must be >= 0, got {vacuum_hours}", "vacuum_hours")
         dt = self.table()
         out = delta.compact(dt)
         if vacuum_hours is not None:
-            if vacuum_hours < 0:
-                raise UsageError(f"`vacuum_hours` must be >= 0, got {vacuum_hours}", "vacuum_hours")
             removed = dt.vacuum(
                 retention_hours=int(vacuum_hours), dry_run=False, enforce_retention_duration=False
             )

@@ -60,8 +60,9 @@ def open_table(
         dt.load_as_version(when)
     except Exception as e:  # delta-rs raises on unknown versions and times
         latest = DeltaTable(uri, storage_options=storage_options).version()
+        why = "" if isinstance(when, int) else f": {one_line(str(e))}"
         raise UsageError(
-            f"no manifest version {as_of!r} (versions run from 0 to {latest}): {one_line(str(e))}",
+            f"`as_of`: no manifest version {as_of} (versions run from 0 to {latest}){why}",
             "as_of",
         ) from None
     return dt

@@ -7,16 +7,17 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from bnnctl.arch import ArchSpec
-from bnnctl.errors import describe
+from bnnctl.errors import UsageError, describe
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import INT_TYPES
 from bnnctl.store.schema import json_schema, rows_to_validate
 
 if TYPE_CHECKING:
-    import numpy as np
     import zarr
 
     from bnnctl.store.store import Store
@@ -51,6 +52,7 @@ def verify(store: Store) -> list[Problem]:
         for err in validator.iter_errors(rec):
             where = "/".join(map(str, err.absolute_path)) or "row"
             problems.append(Problem(rec.get("model_id"), f"schema:{where}", err.message))
+    problems += _nonfinite_metrics(table)
     df = table.to_pandas(types_mapper=INT_TYPES.get)
     for mid in df.loc[df["model_id"].duplicated(), "model_id"]:
         problems.append(Problem(mid, "manifest", "model_id appears more than once"))
@@ -73,6 +75,8 @@ def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> lis
             Problem(m, path, f"params array unreadable: {describe(e)}") for m in sub["model_id"]
         ]
     problems = []
+    finite = np.isfinite(data).all(axis=1) if data.dtype.kind == "f" else None
+    layouts: dict[str, Any] = {}
     for rec in sub.itertuples():
         if (
             rec.row >= data.shape[0]
@@ -87,13 +91,37 @@ def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> lis
                 )
             )
             continue
-        layout = [t.to_json() for t in ArchSpec.from_json(rec.arch).layout]
-        if arr.attrs.get("layout") != layout:
+        if rec.arch not in layouts:
+            try:
+                layouts[rec.arch] = [t.to_json() for t in ArchSpec.from_json(rec.arch).layout]
+            except Exception as e:  # arch text not written by bnnctl
+                layouts[rec.arch] = describe(e)
+        layout = layouts[rec.arch]
+        if isinstance(layout, str):
+            problems.append(Problem(rec.model_id, "manifest", f"arch is not valid: {layout}"))
+        elif arr.attrs.get("layout") != layout:
             problems.append(Problem(rec.model_id, path, "array layout attr disagrees with arch"))
         if row_sha256(data[rec.row]) != rec.sha256:
             problems.append(
                 Problem(rec.model_id, path, f"row {rec.row}: sha256 mismatch (corrupted data)")
             )
+        elif finite is not None and not finite[rec.row]:
+            problems.append(Problem(rec.model_id, path, f"row {rec.row}: non-finite weights"))
+    return problems
+
+
+def _nonfinite_metrics(table: pa.Table) -> list[Problem]:
+    """Rows with a NaN or infinite value in a float column (nulls are allowed)."""
+    import pyarrow.compute as pc
+
+    problems = []
+    for name in table.column_names:
+        col = table.column(name)
+        if not pa.types.is_floating(col.type):
+            continue
+        bad = pc.fill_null(pc.invert(pc.is_finite(col)), False)
+        for mid in table.filter(bad).column("model_id").to_pylist():
+            problems.append(Problem(mid, f"manifest:{name}", "non-finite value"))
     return problems
 
 
@@ -115,7 +143,7 @@ def orphan_arrays(store: Store) -> list[str]:
     Found from the arrays' ``zarr.json`` files, so that the ``*.partial`` files a killed
     zarr write leaves behind are not mistaken for nodes."""
     root = store.root.rstrip("/")
-    named = set(store.manifest()["array"])
+    named = set(delta.read(store.table(), ["array"])["array"])
     found = []
     for meta in store.fs.glob(f"{root}/params/**/zarr.json"):
         with store.fs.open(meta, "rb") as fh:
@@ -133,6 +161,8 @@ def gc(store: Store, grace_seconds: float = 3600.0, dry_run: bool = False) -> li
     """Remove what no committed row needs and no running writer can still be filling:
     params arrays no manifest row names and zarr ``*.partial`` leftovers, untouched for
     ``grace_seconds``. Returns the removed paths (or those it would remove)."""
+    if not grace_seconds >= 0:
+        raise UsageError(f"`grace_seconds` must be >= 0, got {grace_seconds}", "grace_seconds")
     root = store.root.rstrip("/")
     now = time.time()
 

@@ -70,7 +70,8 @@ _WHAT = {ast.Lambda: "lambda", ast.JoinedStr: "f-string", ast.NamedExpr: "':=' e
 
 
 def _fail(msg: str) -> UsageError:
-    return UsageError(" ".join(msg.splitlines()))
+    """A refusal naming the ``where`` parameter (the CLI shows the flag that gave it)."""
+    return UsageError(" ".join(msg.splitlines()), "where")
 
 
 def _src(expr: str, node: ast.AST) -> str:
@@ -99,13 +100,13 @@ def _method_column(f: ast.expr) -> ast.Name | None:
 def check_where(expr: str, columns: Iterable[str] | None = None) -> None:
     """Raise UsageError unless ``expr`` is in the ``--where`` grammar (names must be columns)."""
     if not isinstance(expr, str) or len(expr) > MAX_LEN:
-        raise _fail(f"--where: expected an expression of at most {MAX_LEN} characters")
+        raise _fail(f"`where`: expected an expression of at most {MAX_LEN} characters")
     try:
         for tok in tokenize.generate_tokens(io.StringIO(expr).readline):
             if tok.string == "@":
-                raise _fail("--where: '@' local variables are not allowed")
+                raise _fail("`where`: '@' local variables are not allowed")
             if tok.string == "`":
-                raise _fail("--where: backtick-quoted names are not allowed")
+                raise _fail("`where`: backtick-quoted names are not allowed")
     except (tokenize.TokenError, SyntaxError):
         pass  # ast.parse reports it
     try:
@@ -113,52 +114,52 @@ def check_where(expr: str, columns: Iterable[str] | None = None) -> None:
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         offset = getattr(e, "offset", None)
         at = f" at column {offset}" if offset else ""
-        raise _fail(f"--where: syntax error{at}: {getattr(e, 'msg', e)}") from None
+        raise _fail(f"`where`: syntax error{at}: {getattr(e, 'msg', e)}") from None
     cols = None if columns is None else {str(c) for c in columns}
     try:
         _check(tree.body, expr, cols)
     except RecursionError:
-        raise _fail("--where: expression is too deeply nested") from None
+        raise _fail("`where`: expression is too deeply nested") from None
 
 
 def _check(node: ast.AST, expr: str, cols: set[str] | None) -> None:
     children: list[ast.AST] = []
     if isinstance(node, ast.Name):
         if node.id.startswith("__") or (cols is not None and node.id not in cols):
-            raise _fail(f"--where: unknown column {node.id!r}")
+            raise _fail(f"`where`: unknown column {node.id!r}")
     elif isinstance(node, ast.Constant):
         if not isinstance(node.value, _LITERALS):
-            raise _fail(f"--where: literal {_src(expr, node)!r} is not allowed")
+            raise _fail(f"`where`: literal {_src(expr, node)!r} is not allowed")
     elif isinstance(node, ast.List | ast.Tuple | ast.Set):
         for elt in node.elts:
             if not _is_literal(elt):
-                raise _fail(f"--where: list item {_src(expr, elt)!r} is not a literal")
+                raise _fail(f"`where`: list item {_src(expr, elt)!r} is not a literal")
     elif isinstance(node, ast.UnaryOp | ast.BinOp | ast.BoolOp | ast.Compare):
         for o in getattr(node, "ops", [getattr(node, "op", None)]):
             if type(o) in _REFUSED_OPS:
-                raise _fail(f"--where: operator {_REFUSED_OPS[type(o)]!r} is not allowed")
+                raise _fail(f"`where`: operator {_REFUSED_OPS[type(o)]!r} is not allowed")
         children = [n for n in ast.iter_child_nodes(node) if isinstance(n, ast.expr)]
     elif isinstance(node, ast.Call):
         col, name = _method_column(node.func), _src(expr, node.func)
         if col is None:
-            raise _fail(f"--where: function call {name!r} is not allowed")
+            raise _fail(f"`where`: function call {name!r} is not allowed")
         _, nargs, keywords = _METHODS[node.func.attr]  # type: ignore[attr-defined]
         if len(node.args) != nargs:
-            raise _fail(f"--where: {name}() takes {nargs} positional argument(s)")
+            raise _fail(f"`where`: {name}() takes {nargs} positional argument(s)")
         for k in node.keywords:
             if k.arg not in keywords:
                 kw = k.arg or "**"
-                raise _fail(f"--where: keyword argument {kw!r} of {name}() is not allowed")
+                raise _fail(f"`where`: keyword argument {kw!r} of {name}() is not allowed")
         kwargs = [k.value for k in node.keywords]
         for a in [*node.args, *kwargs]:  # a tuple only as the one positional argument
             if not (_is_literal(a) or (isinstance(a, ast.Tuple) and a in node.args)):
-                raise _fail(f"--where: argument {_src(expr, a)!r} of {name}() must be a literal")
+                raise _fail(f"`where`: argument {_src(expr, a)!r} of {name}() must be a literal")
         children = [col, *node.args, *kwargs]
     elif isinstance(node, ast.Attribute):
-        raise _fail(f"--where: attribute {node.attr!r} is not allowed")
+        raise _fail(f"`where`: attribute {node.attr!r} is not allowed")
     else:
         what = _WHAT.get(type(node), f"{type(node).__name__} expression")
-        raise _fail(f"--where: {what} {_src(expr, node)!r} is not allowed")
+        raise _fail(f"`where`: {what} {_src(expr, node)!r} is not allowed")
     for child in children:
         _check(child, expr, cols)
 
@@ -246,11 +247,11 @@ def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
     try:
         mask = _eval(ast.parse(where, mode="eval").body, df)
     except Exception as e:  # pandas raises many types for a bad expression
-        raise _fail(f"bad --where expression {where!r}: {describe(e)}") from None
+        raise _fail(f"bad `where` expression {where!r}: {describe(e)}") from None
     ok = isinstance(mask, pd.Series) and (
         pd.api.types.is_bool_dtype(mask)
         or pd.api.types.infer_dtype(mask, skipna=True) in ("boolean", "empty")
     )
     if not ok:
-        raise _fail(f"--where {where!r} is not a row filter")
+        raise _fail(f"`where` {where!r} is not a row filter")
     return df.loc[mask.astype("boolean").fillna(False).to_numpy(dtype=bool)]
