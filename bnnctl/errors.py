@@ -12,6 +12,8 @@ name it in backquotes as the library spells it (```batch_size```) and carry it a
 from __future__ import annotations
 
 import errno
+import os
+import re
 from collections.abc import Iterable
 
 
@@ -86,6 +88,18 @@ ENVIRONMENT_ERRNOS = frozenset(
     for n in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOMEM", "EMFILE", "ENFILE")
     if hasattr(errno, n)
 )
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """``e`` as an :class:`OSError` of the environment, or None. Libraries written in Rust
+    (delta-rs) report one only in their message, as "(os error 28)"."""
+    if isinstance(e, OSError):
+        return e if e.errno in ENVIRONMENT_ERRNOS else None
+    m = re.search(r"\(os error (\d+)\)", str(e))
+    if m and int(m.group(1)) in ENVIRONMENT_ERRNOS:
+        code = int(m.group(1))
+        return OSError(code, os.strerror(code))
+    return None
 
 
 def environment_fault(e: OSError, doing: str = "", after: str = "") -> EnvironmentFault:

@@ -25,7 +25,6 @@ from typer.core import TyperGroup
 
 from bnnctl.arch.spec import Activation
 from bnnctl.errors import (
-    ENVIRONMENT_ERRNOS,
     BnnctlError,
     EnvironmentFault,
     MissingDependencyError,
@@ -33,6 +32,7 @@ from bnnctl.errors import (
     describe,
     environment_fault,
     one_line,
+    os_error_in,
 )
 
 if TYPE_CHECKING:
@@ -283,8 +283,9 @@ def as_known_error(e: BaseException) -> BnnctlError | None:
     permission, a missing optional package) become theirs; None for a bug."""
     if isinstance(e, BnnctlError):
         return e
-    if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-        return environment_fault(e)
+    fault = os_error_in(e)
+    if fault is not None:
+        return environment_fault(fault)
     if isinstance(e, MemoryError):
         return EnvironmentFault("out of memory (try a smaller --block-size or --chains)")
     if isinstance(e, ImportError) and e.name and e.name.split(".")[0] in OPTIONAL_PACKAGES:

@@ -42,6 +42,7 @@ from bnnctl.symmetry.action import l2_mass
 from bnnctl.symmetry.canonical import canonicalize as canon_form
 from bnnctl.symmetry.matching import weight_match
 from bnnctl.symmetry.modes import MODE_RTOL, count_modes
+from bnnctl.symmetry.scaling import count_dead
 from bnnctl.symmetry.transform import DEFAULT_KEY, TIE_RTOL, Transform, make_transform
 
 #: A canonical row's outputs may differ from its source's by CHECK_RTOL × max |output|.
@@ -319,6 +320,8 @@ def canonicalize(
     for g in groups:
         if not g.todo.empty:
             check_finite(store, g.todo, block_size)
+    if any(not g.todo.empty for g in groups):
+        store.check_writable(sum(len(g.todo) * g.arch.n_params * 4 for g in groups))
     done = []
     for g in groups:
         done += _run_group(store, g, ref, block_size, progress)
@@ -420,7 +423,8 @@ def report(
     store: Store, groups: list[Group], canon: pd.DataFrame, mode_rtol: float = MODE_RTOL
 ) -> dict:
     """Summary of the selection's transformed rows: excess L2 mass over the scaling
-    minimum, distinct modes, near-ties, the largest function difference."""
+    minimum, distinct modes, near-ties, dead units (all incoming or all outgoing weights
+    zero: :func:`~bnnctl.symmetry.scaling.dead_units_`), the largest function difference."""
     before, after = canon["l2_mass_before"].to_numpy(float), canon["l2_mass_after"].to_numpy(float)
     excess = 100.0 * (before / after - 1.0)
     rel = canon["max_logit_diff"].to_numpy(float)
@@ -443,6 +447,8 @@ def report(
         "near_tie_units": 0,
         "models_with_near_ties": 0,
         "tie_rtol": None,
+        "dead_units": 0,
+        "models_with_dead_units": 0,
     }
 
     for g in groups:
@@ -452,6 +458,10 @@ def report(
             continue
         params = store.read_params(rows)
         rep["modes"] += count_modes(params, mode_rtol)
+        # a count, not a manifest column: older stores' manifests could not be read with one
+        dead = count_dead(g.arch, torch.from_numpy(params)).numpy()
+        rep["dead_units"] += int(dead.sum())
+        rep["models_with_dead_units"] += int((dead > 0).sum())
         if g.transform.method == "canonical" and "perm" in g.transform.symmetries:
             with threads(MATH_THREADS):
                 ties = np.concatenate(

@@ -11,7 +11,8 @@ entropy in nats):
 
 - BMA: the predictive p̄; its accuracy, NLL, ECE (15 bins) and Brier as in
   :mod:`bnnctl.evaluate.metrics`; the curve of those against the number of members
-  k = 1, 2, 4, ..., M (the first k of a seeded random order of the members).
+  k = 1, 2, 4, ..., M: the BMA of the first k members of a seeded random order, mean
+  and std over 16 orders (one order's curve depends on which members come first).
 - Pairwise mutual information of models i, j: the information the model index carries
   about the label under the two-member mixture, I = mean_x [H((p_i+p_j)/2) -
   (H(p_i)+H(p_j))/2] (the Jensen-Shannon divergence); disagreement = fraction of points
@@ -25,13 +26,17 @@ entropy in nats):
   with Gaussian k = exp(−‖x−y‖₂²/(2σ²)) and Laplace k = exp(−‖x−y‖₁/σ) (sklearn's
   ``rbf_kernel`` / ``laplacian_kernel`` conventions) and σ = c × the median pooled
   pairwise distance (L2 resp. L1), c in :data:`BANDWIDTH_MULTIPLES`; before and after
-  canonicalisation (canonical rows: ``kind == 'canonical'``, ``parent_id`` -> source).
+  canonicalisation (canonical rows: ``kind == 'canonical'``, ``parent_id`` -> source),
+  per transform: a source canonicalised two ways has two canonical forms, which are
+  never pooled.
 - Modes: rows a, b are in one mode when ‖a−b‖₂ ≤ tol · sqrt((‖a‖₂²+‖b‖₂²)/2); modes =
-  connected components. L2-mass excess = (l2_mass_before − l2_mass_after)/l2_mass_after.
+  connected components, per transform. L2-mass excess of a source over its scaling
+  minimum = (l2_mass_before − l2_mass_after)/l2_mass_after, once per source, from its
+  canonical rows at that minimum (scale removed in mode l2).
 - OOD (OOD = positive class; every score grows with OOD-ness): max_prob = −max_c p̄,
   entropy = H(p̄), mutual_information = H(p̄) − mean_m H(p_m). AUROC and AUPR (average
   precision) by sklearn.metrics; FPR95 = fraction of in-distribution test points flagged
-  at the lowest threshold that flags ≥ 95 % of OOD points. The built-in OOD set: for
+  at the highest threshold that flags ≥ 95 % of OOD points. The built-in OOD set: for
   features in [0, 1] (digits' pixels) the inverted test images 1 − x; otherwise the test
   points pushed away from the training mean, μ + 3(x − μ).
 

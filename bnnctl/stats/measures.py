@@ -33,14 +33,40 @@ def curve_sizes(m: int) -> list[int]:
     return sizes + [m]
 
 
-def bma_curve(probs: torch.Tensor, y: torch.Tensor, seed: int = 0) -> list[dict]:
-    """BMA metrics of the first k members of a seeded random order, k in :func:`curve_sizes`."""
-    order = torch.from_numpy(np.random.default_rng(seed).permutation(probs.shape[0]))
-    csum = torch.cumsum(probs[order], 0)
-    return [
-        {"members": k, **_floats(classification(csum[k - 1 : k] / k, y))}
-        for k in curve_sizes(probs.shape[0])
-    ]
+#: Random member orders the report's BMA curve is averaged over: one order's curve depends
+#: on which members come first (8 digits nets, NLL at 4 members over 20 seeds: std 4.8 %
+#: of one order's, 1.5 % of the mean of 16).
+CURVE_ORDERINGS = 16
+
+
+def bma_curve(
+    probs: torch.Tensor, y: torch.Tensor, seed: int = 0, orderings: int = 1
+) -> list[dict]:
+    """BMA metrics of the first k members of a random order, k in :func:`curve_sizes`,
+    averaged over ``orderings`` orders: the successive permutations drawn from
+    ``np.random.default_rng(seed)``. ``<metric>_std`` is the spread (std) over the
+    orders; at k = M every order gives the full ensemble."""
+    m, rng, sizes = probs.shape[0], np.random.default_rng(seed), curve_sizes(probs.shape[0])
+    runs = []  # per order, per size: metrics
+    for _ in range(orderings):
+        order = torch.from_numpy(rng.permutation(m))
+        total, done, points = torch.zeros_like(probs[0]), 0, []
+        for k in sizes:
+            total = total + probs[order[done:k]].sum(0)
+            done = k
+            points.append(_floats(classification((total / k).unsqueeze(0), y)))
+        runs.append(points)
+    curve = []
+    for i, k in enumerate(sizes):
+        vals = {name: np.array([run[i][name] for run in runs]) for name in runs[0][i]}
+        curve.append(
+            {
+                "members": k,
+                **{name: float(v.mean()) for name, v in vals.items()},
+                **{f"{name}_std": float(v.std()) for name, v in vals.items()},
+            }
+        )
+    return curve
 
 
 def pair_indices(m: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -15,7 +15,13 @@ from bnnctl.errors import UsageError
 from bnnctl.evaluate import predict
 from bnnctl.evaluate.likelihood import Categorical
 from bnnctl.evaluate.metrics import classification
-from bnnctl.stats.measures import bma, bma_curve, pair_indices, pairwise_diversity
+from bnnctl.stats.measures import (
+    CURVE_ORDERINGS,
+    bma,
+    bma_curve,
+    pair_indices,
+    pairwise_diversity,
+)
 from bnnctl.stats.ood import builtin_ood, detection_metrics, load_ood, ood_scores
 from bnnctl.stats.summary import describe
 from bnnctl.store import Store
@@ -112,7 +118,8 @@ def evaluation_report(mem: Members) -> dict:
 
 
 def ensemble_report(mem: Members, pairs: int = 1000, seed: int = 0) -> tuple[dict, dict]:
-    """BMA metrics, BMA curve and pairwise diversity; also the per-pair arrays."""
+    """BMA metrics, BMA curve (mean and std over ``CURVE_ORDERINGS`` member orders) and
+    pairwise diversity; also the per-pair arrays."""
     y = torch.from_numpy(mem.data.y_test)
     if not mem.classification:
         mean = mem.out.mean(0)
@@ -130,7 +137,8 @@ def ensemble_report(mem: Members, pairs: int = 1000, seed: int = 0) -> tuple[dic
             "disagreement": describe(dis),
         }
     )
-    rep = {"bma": bma(p, y), "curve": bma_curve(p, y, seed), "diversity": div}
+    curve = bma_curve(p, y, seed, CURVE_ORDERINGS)
+    rep = {"bma": bma(p, y), "curve": curve, "diversity": div}
     return rep, {"mi": mi, "disagreement": dis}
 
 

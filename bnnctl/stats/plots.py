@@ -2,13 +2,15 @@
 axes labelled so that it reads alone.
 
 - ``weights_pca_tsne.png``: PCA and t-SNE of the members' weights, raw and (when the store
-  has canonical rows of them) after canonicalisation, coloured by chain or method.
+  has canonical rows of them) after canonicalisation (by the first transform, by name),
+  coloured by chain or method.
 - ``fig1_221.png``: Laurent et al.'s Fig. 1 view for 2-2-1 nets in the selection: hexbin
   of the first input weight of hidden unit 1 vs hidden unit 2, raw; after scale removal
   (each ReLU unit rescaled to the L2-minimal balance, incoming ×λ, outgoing ×1/λ,
   λ = sqrt(‖out‖/‖in‖)); after sorting the units by that weight as well.
 - ``marginals.png``: histograms of a few individual weights, raw vs canonical.
-- ``bma_curve.png``, ``pairwise_mi.png``, ``excess_mass.png``, ``largest_index.png``.
+- ``bma_curve.png``: BMA accuracy and NLL vs members, mean ± std over member orders.
+- ``pairwise_mi.png``, ``excess_mass.png``, ``largest_index.png``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch  # noqa: E402
 
 from bnnctl.arch import ArchSpec  # noqa: E402
 from bnnctl.errors import UsageError  # noqa: E402
+from bnnctl.stats.modes import excess_pct  # noqa: E402
 from bnnctl.stats.report import Context  # noqa: E402
 from bnnctl.store import Store  # noqa: E402
 from bnnctl.symmetry.canonical import canonicalize  # noqa: E402
@@ -50,8 +53,8 @@ def write_all(store: Store, ctx: Context, folder: str | Path) -> list[Path]:
     mem = ctx.members
     if mem is not None:
         raw, labels = mem.params, label_of(mem.rows)
-        canon, canon_labels, method = _canonical(store, ctx, labels)
-        save(weights_pca_tsne(raw, labels, canon, canon_labels, method), "weights_pca_tsne.png")
+        canon, canon_labels, transform = _canonical(store, ctx, labels)
+        save(weights_pca_tsne(raw, labels, canon, canon_labels, transform), "weights_pca_tsne.png")
         save(marginals(mem.arch, raw, canon), "marginals.png")
         save(largest_index(mem.arch, raw, canon), "largest_index.png")
         if ctx.curve:
@@ -61,7 +64,7 @@ def write_all(store: Store, ctx: Context, folder: str | Path) -> list[Path]:
                 pairwise_mi(ctx.pair_arrays["mi"], ctx.pair_arrays["disagreement"]),
                 "pairwise_mi.png",
             )
-        excess = _excess(ctx)
+        excess = excess_pct(ctx.canonical)
         if len(excess):
             save(excess_mass(excess), "excess_mass.png")
     sel = ctx.selection
@@ -88,22 +91,12 @@ def label_of(rows: pd.DataFrame) -> np.ndarray:
 def _canonical(store: Store, ctx: Context, labels: np.ndarray):
     if not ctx.canonical:
         return None, None, None
-    method = sorted(ctx.canonical)[0]
-    rows = ctx.canonical[method]
+    transform = sorted(ctx.canonical)[0]  # one canonical form per figure
+    rows = ctx.canonical[transform]
     assert ctx.members is not None  # write_all calls this only when members were evaluated
     by_id = dict(zip(ctx.members.rows["model_id"], labels, strict=True))
     lab = np.array([by_id.get(p, "parent not selected") for p in rows["parent_id"]])
-    return store.read_params(rows), lab, method
-
-
-def _excess(ctx: Context) -> np.ndarray:
-    if not ctx.canonical:
-        return np.zeros(0)
-    allc = pd.concat(ctx.canonical.values())
-    both = allc[["l2_mass_before", "l2_mass_after"]].astype(float).dropna()
-    return (
-        100 * (both["l2_mass_before"] - both["l2_mass_after"]) / both["l2_mass_after"]
-    ).to_numpy()
+    return store.read_params(rows), lab, transform
 
 
 def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str, xl: str, yl: str) -> None:
@@ -117,14 +110,14 @@ def _scatter(ax, xy: np.ndarray, labels: np.ndarray, title: str, xl: str, yl: st
     ax.set(title=title, xlabel=xl, ylabel=yl)
 
 
-def weights_pca_tsne(raw, labels, canon=None, canon_labels=None, method=None):
+def weights_pca_tsne(raw, labels, canon=None, canon_labels=None, transform=None):
     """PCA (top) and t-SNE (bottom) of weight vectors, raw (left) and canonical (right)."""
     from sklearn.decomposition import PCA
     from sklearn.manifold import TSNE
 
     sets = [("raw weights", raw, labels)]
     if canon is not None and len(canon) >= 2:
-        sets.append((f"weights after canonicalisation ({method})", canon, canon_labels))
+        sets.append((f"weights after canonicalisation ({transform})", canon, canon_labels))
     fig, axes = plt.subplots(2, len(sets), figsize=(6 * len(sets), 10), squeeze=False)
     for col, (name, x, lab) in enumerate(sets):
         if len(x) < 2:
@@ -209,23 +202,24 @@ def largest_index(arch: ArchSpec, raw, canon=None):
 
 
 def bma_curve(curve: list[dict]):
-    """BMA accuracy and NLL against the number of members."""
-    k = [c["members"] for c in curve]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
-    a.plot(k, [c["acc"] for c in curve], "o-")
-    a.set(
-        xscale="log",
-        title="BMA test accuracy vs members",
-        xlabel="members averaged",
-        ylabel="accuracy",
-    )
-    b.plot(k, [c["nll"] for c in curve], "o-", color="C1")
-    b.set(
-        xscale="log",
-        title="BMA test NLL vs members",
-        xlabel="members averaged",
-        ylabel="NLL (nats)",
-    )
+    """BMA accuracy and NLL against the number of members: the mean over random member
+    orders, with a band of ± one std."""
+    k = np.array([c["members"] for c in curve])
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, name, label, colour in zip(
+        axes, ("acc", "nll"), ("accuracy", "NLL (nats)"), ("C0", "C1"), strict=True
+    ):
+        mean = np.array([c[name] for c in curve])
+        std = np.array([c[f"{name}_std"] for c in curve])
+        ax.plot(k, mean, "o-", color=colour, label="mean over member orders")
+        ax.fill_between(k, mean - std, mean + std, color=colour, alpha=0.25, label="± 1 std")
+        ax.set(
+            xscale="log",
+            title=f"BMA test {'accuracy' if name == 'acc' else 'NLL'} vs members",
+            xlabel="members averaged",
+            ylabel=label,
+        )
+        ax.legend(fontsize=8)
     return fig
 
 

@@ -32,15 +32,18 @@ JSON_SHAPE = {
     },
     "evaluation": "null | {arch, dataset, n_members, n_test, seconds, models_per_s, "
     "max_abs_diff_vs_manifest: {acc, nll} (regression: {rmse}); null values where the manifest has none}",  # noqa: E501
-    "ensemble": "null | {bma: {acc, nll, ece, brier}, curve: [{members, acc, nll, ece, brier}], "
+    "ensemble": "null | {bma: {acc, nll, ece, brier}, curve: [{members, acc, nll, ece, brier, "
+    "acc_std, nll_std, ece_std, brier_std}] (mean and std over 16 random member orders), "
     "diversity: {n_pairs, mutual_information: {mean, std, median, min, max}, disagreement: {...}} | null}"  # noqa: E501
     " (regression: {bma: {rmse}, curve: [], diversity: null})",
-    "modes": "null | {tolerance, before: {n_rows, n_modes}, after: {<method>: {n_rows, n_modes}}, "
-    "l2_mass_excess_pct: {n, mean, std, median, min, max} | null}",
+    "modes": "null | {tolerance, before: {n_rows, n_modes}, "
+    "after: {<transform>: {n_rows, n_modes}}, "
+    "l2_mass_excess_pct: {n, mean, std, median, min, max} | null} (transform: the tag its "
+    "canonical ids end in, e.g. canon; excess: once per source, from rows at the L2 minimum)",
     "ood": "null | {source, n_in, n_out, scores: {max_prob|entropy|mutual_information: {auroc, aupr, fpr95}}}",  # noqa: E501
     "compare": "null | {a: {where, n}, b: {where, n}, agreement, total_variation, "
     "mmd: {before: {n_a, n_b, median_l2, median_l1, gaussian: [{multiple, sigma, mmd2}], laplace: [...]}, "  # noqa: E501
-    "after: {<method>: same} }}",
+    "after: {<transform>: same} }}",
     "plots": "[paths of PNGs written]",
 }
 
@@ -57,7 +60,7 @@ def compare(
     pool: Members | None = None,
 ) -> dict:
     """Agreement and TV of the two BMA predictives; weight-space MMD² before and after
-    canonicalisation (per canonicalisation method present for both sides)."""
+    canonicalisation (per transform present for both sides)."""
     from bnnctl.stats.measures import agreement_tv
     from bnnctl.stats.members import evaluate_members, one_group
     from bnnctl.stats.mmd import mmd
@@ -83,12 +86,10 @@ def compare(
             mems[0].probs.mean(0), mems[1].probs.mean(0)
         )
     after = {}
-    for method in sorted(set(splits[0][1]) & set(splits[1][1])):
-        ca, cb = splits[0][1][method], splits[1][1][method]
+    for name in sorted(set(splits[0][1]) & set(splits[1][1])):
+        ca, cb = splits[0][1][name], splits[1][1][name]
         if len(ca) >= 2 and len(cb) >= 2:
-            after[method] = mmd(
-                store.read_params(ca), store.read_params(cb), max_n=max_n, seed=seed
-            )
+            after[name] = mmd(store.read_params(ca), store.read_params(cb), max_n=max_n, seed=seed)
     out["mmd"] = {
         "before": mmd(mems[0].params, mems[1].params, max_n=max_n, seed=seed),
         "after": after,

@@ -36,7 +36,6 @@ from zarr.codecs import ZstdCodec
 from bnnctl.arch import ArchSpec
 from bnnctl.data import SPLITS, Dataset, validate
 from bnnctl.errors import (
-    ENVIRONMENT_ERRNOS,
     EnvironmentFault,
     FormatVersionError,
     MissingDependencyError,
@@ -45,6 +44,7 @@ from bnnctl.errors import (
     UsageError,
     environment_fault,
     one_line,
+    os_error_in,
 )
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import (
@@ -282,14 +282,15 @@ class Store:
         array_path = f"{array_path}.{uuid.uuid4().hex[:8]}"
         try:
             return self._commit_block(array_path, stored, dtype, arch, rows)
-        except OSError as e:
-            if e.errno not in ENVIRONMENT_ERRNOS:
+        except Exception as e:
+            fault = os_error_in(e)
+            if fault is None:
                 raise
             with contextlib.suppress(Exception):  # our fresh array: no committed row names it
                 self.fs.rm(self._path(array_path), recursive=True)
             block = array_path.removeprefix("params/").rsplit(".", 1)[0]
             raise environment_fault(
-                e, f"committing block {block}", "nothing committed; re-run to continue"
+                fault, f"committing block {block}", "nothing committed; re-run to continue"
             ) from None
 
     def _commit_block(

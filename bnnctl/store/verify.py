@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from deltalake import DeltaTable
 
 from bnnctl.arch import ArchSpec
 from bnnctl.errors import UsageError, describe
@@ -41,9 +42,11 @@ def verify(store: Store) -> list[Problem]:
 
     problems: list[Problem] = []
     try:
-        table = delta.read_arrow(store.table())
+        dt = store.table()
+        table = delta.read_arrow(dt)
     except Exception as e:  # a missing or corrupted data file or log entry
         return [Problem(None, "manifest", f"manifest table unreadable: {describe(e)}")]
+    problems += foreign_edits(dt)
     if table.num_rows == 0:
         return problems
     validator = Draft202012Validator(json_schema())
@@ -107,6 +110,56 @@ def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> lis
             )
         elif finite is not None and not finite[rec.row]:
             problems.append(Problem(rec.model_id, path, f"row {rec.row}: non-finite weights"))
+    return problems
+
+
+#: Manifest operations bnnctl performs; none of them removes or changes a row.
+OWN_OPERATIONS = {"CREATE TABLE", "MERGE", "OPTIMIZE", "VACUUM START", "VACUUM END"}
+
+
+def foreign_edits(dt: DeltaTable) -> list[Problem]:
+    """Rows another tool removed or changed: bnnctl only inserts rows (a merge that never
+    updates or deletes) and compacts, so any other manifest version is compared with the
+    one before it, by ``model_id``."""
+    problems = []
+    for entry in dt.history():
+        op, version = entry.get("operation"), entry.get("version")
+        metrics = entry.get("operationMetrics") or {}
+        inserts_only = op == "MERGE" and not (
+            metrics.get("num_target_rows_updated") or metrics.get("num_target_rows_deleted")
+        )
+        appends = op == "WRITE" and (entry.get("operationParameters") or {}).get("mode") in (
+            "Append",
+            "ErrorIfExists",
+        )
+        if version is None or version == 0 or inserts_only or appends:
+            continue
+        if op in OWN_OPERATIONS - {"MERGE"}:
+            continue
+        try:
+            old, new = (
+                delta.read(DeltaTable(dt.table_uri, version=v)).set_index("model_id")
+                for v in (version - 1, version)
+            )
+        except Exception as e:
+            problems.append(
+                Problem(None, "manifest", f"version {version} ({op}) may have changed rows; "
+                        f"cannot compare it with the version before: {describe(e)}")
+            )  # fmt: skip
+            continue
+        old, new = old[~old.index.duplicated()], new[~new.index.duplicated()]
+        for mid in old.index.difference(new.index):
+            problems.append(Problem(mid, "manifest", f"row removed at version {version} ({op})"))
+        both = old.index.intersection(new.index)
+        cols = [c for c in old.columns if c in new.columns]
+        a, b = old.loc[both, cols].astype(object), new.loc[both, cols].astype(object)
+        changed = ~((a == b) | (a.isna() & b.isna()))
+        for mid in both[changed.any(axis=1).to_numpy()]:
+            problems.append(Problem(mid, "manifest", f"row changed at version {version} ({op})"))
+        for c in sorted(set(old.columns) - set(new.columns)):
+            problems.append(
+                Problem(None, f"manifest:{c}", f"column dropped at version {version} ({op})")
+            )
     return problems
 
 

@@ -11,6 +11,13 @@ al., Git Re-Basin, ICLR 2023).
 
 Canonical form, in this order:
 
+0. **dead units** (with scale): a unit whose incoming or outgoing weights are all zero
+   has no minimum-L2 point (the mass falls without bound along its orbit); it is put at
+   the orbit's limit, with the function unchanged: no outgoing weights, its incoming
+   weights and bias are zeroed; no incoming weights (a constant output ``act(b)``),
+   ``act(b)·w_out`` is folded into the next layer's bias and it is zeroed (with dropout
+   only when ``act(b) = 0``; otherwise it is scaled to ``|b| = 1``). See
+   :func:`.scaling.dead_units_`; the canonicalize report counts them.
 1. **scale** (``l2``): the unique minimum-L2-mass point of the scaling orbit. With
    log-scales ``s`` per hidden unit (0 for inputs and outputs) a weight ``W[j, i]``
    becomes ``W[j, i]·exp(s_row[j] − s_col[i])``, so the mass
@@ -28,7 +35,9 @@ Canonical form, in this order:
 3. **perm**: sort each hidden layer's units by a key, descending, layer by layer from
    the input, carrying each permutation into the next layer's inputs; the output layer
    is never permuted. Keys are compared after rounding to ``KEY_QUANTUM`` of the
-   layer's largest |key| (so exact structural ties fall to the tie-break, the bias).
+   layer's largest |key| (so exact structural ties fall to the tie-breaks: the bias,
+   then the outgoing weights, lexicographically; weights into a hidden layer, not yet
+   sorted, are compared as sorted values).
    ``pc`` (default): each unit's incoming weight vector projected on the layer's
    leading principal direction (power iteration from the all-ones vector, see
    :func:`principal_key`); ``mass``: the unit's L2 mass in + out; the paper's
@@ -46,5 +55,7 @@ Canonical form, in this order:
 
 Each step is equivariant under the symmetries removed before it, so
 ``canon(g·θ) = canon(θ)`` for every symmetry ``g`` and ``canon(canon(θ)) = canon(θ)``
-(up to the solver tolerance and exact key ties).
+(up to the solver tolerance, and ties that survive every tie-break: units equal on
+their incoming weights and bias whose weights into a hidden layer are the same values
+in another order).
 """

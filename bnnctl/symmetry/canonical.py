@@ -1,4 +1,5 @@
-"""The canonical form: scale, then sign, then sort (see the package docstring)."""
+"""The canonical form: dead units and scale, then sign, then sort (see the package
+docstring)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from bnnctl.arch import ArchSpec
-from bnnctl.symmetry.scaling import scale_l2_, scale_unitnorm_, signs_
+from bnnctl.symmetry.scaling import count_dead, dead_units_, scale_l2_, scale_unitnorm_, signs_
 from bnnctl.symmetry.sorting import sort_
 from bnnctl.symmetry.transform import DEFAULT_KEY, Transform
 
@@ -23,6 +24,7 @@ class Canonical:
     log_scales: list[torch.Tensor] | None
     signs: list[torch.Tensor] | None
     near_ties: torch.Tensor  # [M]
+    dead: torch.Tensor  # [M] dead units (see dead_units_)
     sweeps: int  # scaling sweeps (0 when not solved)
 
 
@@ -31,7 +33,10 @@ def canonicalize(arch: ArchSpec, flat: torch.Tensor, transform: Transform) -> Ca
     ``flat`` is ``[M, P]``; computed in float64 on a copy."""
     x = flat.to(torch.float64, copy=True).contiguous()
     m, sweeps, scales, signs = x.shape[0], 0, None, None
-    if "scale" in transform.symmetries:
+    scale = "scale" in transform.symmetries
+    # dead units have no scaling optimum: removing scale puts them at its limit
+    dead = dead_units_(arch, x) if scale else count_dead(arch, x)
+    if scale:
         if transform.scale_mode == "unitnorm":
             scales = scale_unitnorm_(arch, x)
         else:
@@ -42,4 +47,4 @@ def canonicalize(arch: ArchSpec, flat: torch.Tensor, transform: Transform) -> Ca
     ties = torch.zeros(m, dtype=torch.int64)
     if "perm" in transform.symmetries:
         perms, ties = sort_(arch, x, transform.key or DEFAULT_KEY)
-    return Canonical(x, perms, scales, signs, ties, sweeps)
+    return Canonical(x, perms, scales, signs, ties, dead, sweeps)

@@ -3,6 +3,9 @@ from the input, carrying each permutation into the next layer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+
 import torch
 
 from bnnctl.arch import ArchSpec, UnitGroup
@@ -70,13 +73,51 @@ def quantise(key: torch.Tensor, rel: float = KEY_QUANTUM) -> torch.Tensor:
     return torch.round(key / step)
 
 
-def sort_order(primary: torch.Tensor, tie: torch.Tensor) -> torch.Tensor:
+def lex_order(keys: list[torch.Tensor]) -> torch.Tensor:
+    """``[M, n]`` permutation sorting units by ``keys[0]``, then ``keys[1]``, ...
+    (each ``[M, n]``), descending, stably: one stable sort per key, the last key first."""
+    order = torch.arange(keys[0].shape[1]).expand_as(keys[0])
+    for k in reversed(keys):
+        o = torch.sort(torch.gather(k, 1, order), dim=1, descending=True, stable=True).indices
+        order = torch.gather(order, 1, o)
+    return order
+
+
+def sort_order(
+    primary: torch.Tensor,
+    tie: torch.Tensor,
+    outgoing: Callable[[], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``[M, n]`` permutation sorting units by (primary, tie) descending, stably; both
-    keys are compared after :func:`quantise`."""
-    primary, tie = quantise(primary), quantise(tie)
-    o2 = torch.sort(tie, dim=1, descending=True, stable=True).indices
-    o1 = torch.sort(torch.gather(primary, 1, o2), dim=1, descending=True, stable=True).indices
-    return torch.gather(o2, 1, o1)
+    keys are compared after :func:`quantise`. Units still exactly tied (equal incoming
+    weights and bias, say) are ordered by their outgoing weights ``outgoing() [M, n, r]``,
+    compared lexicographically after quantising: otherwise they would keep the order
+    they came in, and the canonical form would depend on it. ``outgoing`` is only
+    called when some units tie."""
+    keys = [quantise(primary), quantise(tie)]
+    order = lex_order(keys)
+    if outgoing is None or not exact_ties(keys, order).any():
+        return order
+    out = outgoing()
+    return lex_order(keys + list(quantise(out.flatten(1)).view_as(out).unbind(2)))
+
+
+def exact_ties(keys: list[torch.Tensor], order: torch.Tensor) -> torch.Tensor:
+    """``[M, n-1]``: adjacent units in ``order`` equal on every key."""
+    same = [torch.gather(k, 1, order).diff(dim=1) == 0 for k in keys]
+    return torch.stack(same).all(0)
+
+
+def outgoing_rows(v: dict[str, torch.Tensor], group: UnitGroup, hidden: set[str]) -> torch.Tensor:
+    """``[M, n, r]``: each unit's outgoing weights, in an order that does not depend on
+    how the layers above are permuted. Weights into the output layer (never permuted)
+    keep its order; weights into a hidden layer, whose order is not fixed yet when this
+    one is sorted, are sorted by value (descending)."""
+    parts = []
+    for name, axis in group.outgoing:
+        rows = unit_rows(v[name], axis)
+        parts.append(torch.sort(rows, 2, descending=True).values if name in hidden else rows)
+    return torch.cat(parts, 2)
 
 
 def near_ties(sorted_keys: torch.Tensor, rtol: float = TIE_RTOL) -> torch.Tensor:
@@ -91,12 +132,14 @@ def sort_(
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sort each hidden layer's units in place, layer by layer from the input (each
     layer's permutation is applied to the next layer's inputs before its keys are
-    taken). Returns the permutations and the near-tie count per model."""
-    v, counted = arch.views(flat), set(mass_tensors(arch))
+    taken); exact ties fall to the outgoing weights (:func:`sort_order`). Returns the
+    permutations and the near-tie count per model."""
+    v, counted, groups = arch.views(flat), set(mass_tensors(arch)), arch.unit_groups()
+    hidden = {n for g in groups for n, _ in g.incoming}  # tensors into hidden units
     perms, ties = [], torch.zeros(flat.shape[0], dtype=torch.int64)
-    for g in arch.unit_groups():
+    for g in groups:
         primary, tie = unit_keys(v, g, key, counted)
-        perm = sort_order(primary, tie)
+        perm = sort_order(primary, tie, partial(outgoing_rows, v, g, hidden))
         ties += near_ties(torch.gather(primary, 1, perm))
         permute_(v, g, perm)
         perms.append(perm)
