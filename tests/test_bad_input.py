@@ -302,6 +302,14 @@ CASES = [
     Case("sample-leapfrog-0", ["sample", "--method", "hmc", "--leapfrog", "0"], 2, "--leapfrog"),
     Case("sample-rank-0", ["sample", "--method", "swag", "--rank", "0"], 2, "--rank"),
     Case("sample-noise-0", ["sample", "--noise-std", "0"], 2, "--noise-std"),
+    Case("sample-seed-neg", ["sample", "--seed", "-1"], 2, "--seed"),
+    Case(
+        "sample-chains-oom",
+        ["sample", "--chains", "100000000", "--population", "big"],
+        2,
+        "--chains",
+    ),
+    Case("sample-segment-0", ["sample", "--segment", "0"], 2, "--segment"),
     Case("sample-method", ["sample", "--method", "nuts"], 2, "'nuts' is not one of"),
     Case("sample-from-column", ["sample", "--from", "nope > 1"], 2, "unknown column 'nope'"),
     Case("sample-from-inject", ["sample", "--from", INJECT], 2, "--from"),
@@ -342,6 +350,7 @@ CASES = [
     Case("verify-duplicates", ["verify"], 1, "problem", duplicate_rows),
     Case("verify-reshaped", ["verify"], 1, "problem", reshape_array),
     # stats
+    Case("stats-seed-neg", ["stats", "--seed", "-1"], 2, "--seed"),
     Case("stats-empty", ["stats", "--where", "seed > 999"], 2, "no rows"),
     Case("stats-pairs-0", ["stats", "--ensemble", "--pairs", "0"], 2, "--pairs"),
     Case("stats-ood-missing", ["stats", "--ensemble", "--ood", "{tmp}/none.npz"], 1, "none.npz"),

@@ -207,7 +207,7 @@ def _with_block(path: Path, name: str, params: np.ndarray, arch: ArchSpec, **ext
 @pytest.mark.parametrize(
     ("setup", "args", "code", "msg"),
     [
-        (None, ["--symmetries", "perm,rotate"], 2, "unknown symmetry rotate"),
+        (None, ["--symmetries", "perm,rotate"], 2, "unknown --symmetries rotate"),
         (None, ["--key", "first"], 2, "'first' is not one of"),
         (None, ["--scale-mode", "l1"], 2, "'l1' is not one of"),
         (None, ["--where", "seed > 99"], 2, "selection is empty"),
@@ -219,7 +219,7 @@ def _with_block(path: Path, name: str, params: np.ndarray, arch: ArchSpec, **ext
             2,
             "no scale symmetry",
         ),
-        ("nan", [], 2, "has NaN or Inf weights"),
+        ("nan", [], 1, "has NaN or Inf weights"),
         (
             "other",
             ["--align-to", "other.0", "--where", "population == 'digits'"],

@@ -439,7 +439,7 @@ def test_cli_bad_input(trained_store, tmp_path):
     assert r.exit_code == 2 and "'seed > 100' selects no rows" in r.stderr
     np.savez(tmp_path / "ood.npz", x=np.zeros((4, 10), np.float32))
     r = runner.invoke(app, ["stats", "--store", s, "--ood", str(tmp_path / "ood.npz")])
-    assert r.exit_code == 2 and "10 features but the models take 64" in r.stderr
+    assert r.exit_code == 1 and "10 features but the models take 64" in r.stderr
     r = runner.invoke(app, ["stats", "--store", s, "--pairs", "0"])
     assert r.exit_code == 2 and "--pairs" in r.stderr
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 #: Population names (and so model-id prefixes): letters, digits, '_', '.', '-', not
 #: starting with '.' or '-' (safe as file and folder names, and in shell pipelines).
 NAME_PATTERN = r"[A-Za-z0-9_][A-Za-z0-9_.-]*"
+#: Largest seed: model ids and block names print it in 6+ digits; Python ints are exact.
+MAX_SEED = 2**62
 
 
 def check_name(name: str) -> str:

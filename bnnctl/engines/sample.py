@@ -131,6 +131,8 @@ def make_plan(
     from the prior) and the plan. Writes nothing but the dataset, once all is checked.
     ``start`` is a manifest selection, or a ``--where`` expression that makes one."""
     check_request(config, samples, chains, segment, start is not None)
+    if not 0 <= seed <= popmod.MAX_SEED:
+        raise UsageError(f"`seed` must be in 0..2**62, got {seed}", "seed")
     if start is None:
         if dataset is None:
             raise UsageError(
@@ -156,6 +158,11 @@ def make_plan(
         )
     name = popmod.check_name(population or f"{dataset.name}-{config.method}")
     seg = segment or max(1, min(samples, BLOCK_ROWS // len(parents)))
+    popmod.check_memory(
+        8 * 4 * len(parents) * arch.n_params,  # state, gradient, momentum, noise, copies
+        f"running {len(parents)} chains of {arch.name}",
+        "lower `chains`",
+    )
     store.check_writable(len(parents) * samples * arch.n_params * 4)
     if start is None:
         data_path = store.put_dataset(dataset)

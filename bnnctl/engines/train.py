@@ -32,8 +32,7 @@ from bnnctl.evaluate import check_arch, metrics_of
 from bnnctl.evaluate.likelihood import for_task
 from bnnctl.store import DTYPES, Store
 
-#: Largest seed: model ids and block names print it in 6+ digits; Python ints are exact.
-MAX_SEED = 2**62
+MAX_SEED = popmod.MAX_SEED
 #: Largest block: one shard of at most this many models (tiny models train in big blocks).
 MAX_BLOCK_SIZE = 65_536
 

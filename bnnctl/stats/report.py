@@ -66,7 +66,10 @@ def compare(
     from bnnctl.stats.mmd import mmd
 
     man = store.manifest()
-    sel = [select(man, w) for w in (where_a, where_b)]
+    try:
+        sel = [select(man, w) for w in (where_a, where_b)]
+    except UsageError as e:  # the expressions came from --compare, not --where
+        raise UsageError(str(e).replace("`where`", "`compare_exprs`"), "compare_exprs") from None
     for w, s in zip((where_a, where_b), sel, strict=True):
         if s.empty:
             raise UsageError(f"--compare: {w!r} selects no rows")
@@ -126,6 +129,8 @@ def compute(
     what the figures need without writing them)."""
     if pairs < 1:
         raise UsageError(f"`pairs` must be at least 1, got {pairs}", "pairs")
+    if seed < 0:
+        raise UsageError(f"`seed` must be non-negative, got {seed}", "seed")
     if not 0 <= mode_tol < 1:
         raise UsageError(f"`mode_tol` must be in [0, 1), got {mode_tol}", "mode_tol")
     store = store if isinstance(store, Store) else Store.open(store)

@@ -113,7 +113,9 @@ def make_transform(
         unknown = [s for s in syms if s not in SYMMETRIES]
         if unknown or not syms:
             names = ", ".join(unknown) or "(none)"
-            raise UsageError(f"unknown symmetry {names}; choose from {','.join(SYMMETRIES)}")
+            raise UsageError(
+                f"unknown `symmetries` {names}; choose from {','.join(SYMMETRIES)}", "symmetries"
+            )
         missing = [s for s in syms if s not in arch.symmetries]
         if missing:
             raise UsageError(
