@@ -160,3 +160,22 @@ def test_racing_writers_with_different_settings_leave_one_configuration(tmp_path
     df = st.manifest()
     assert df["model_id"].is_unique and df["config_sha256"].nunique() == 1
     assert sorted(df["seed"]) == list(range(64)) and st.verify() == []
+
+
+def test_two_canonicalize_runs_at_once_write_each_canonical_row_once(store_copy):
+    """Both runs see the same rows to do and race on every block: each canonical row is
+    committed once, both runs end cleanly, and the losing arrays are only orphans."""
+    s = str(store_copy)
+    procs = [bnnctl("canonicalize", "--store", s, "--quiet") for _ in range(2)]
+    for p in procs:
+        _, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+        assert err.decode() == ""
+    st = Store.open(s)
+    df = st.manifest()
+    canon = df[df["kind"] == "canonical"]
+    assert df["model_id"].is_unique and len(canon) == 8
+    assert sorted(canon["parent_id"]) == sorted(df.loc[df["kind"] == "train", "model_id"])
+    assert st.verify() == []
+    st.gc(grace_seconds=0)
+    assert st.orphan_arrays() == [] and Store.open(s).verify() == []
