@@ -203,7 +203,7 @@ def test_weight_match_never_lowers_the_inner_product():
 @pytest.mark.parametrize(
     ("act", "syms", "kw", "msg"),
     [
-        ("relu", ["perm", "rotate"], {}, "unknown symmetry rotate"),
+        ("relu", ["perm", "rotate"], {}, "unknown `symmetries` rotate"),
         ("tanh", ["perm", "scale"], {}, "no scale symmetry"),
         ("gelu", ["sign"], {}, "no sign symmetry"),
         ("relu", None, {"key": "first"}, "unknown sort key"),

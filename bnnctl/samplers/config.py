@@ -20,6 +20,7 @@ class Method(str, Enum):
     hmc = "hmc"
     mfvi = "mfvi"
     laplace = "laplace"
+    laplace_ll = "laplace_ll"
     swag = "swag"
     mc_dropout = "mc_dropout"
 
@@ -32,7 +33,8 @@ class Schedule(str, Enum):
 
 
 class Fisher(str, Enum):
-    """Laplace curvatures: generalised Gauss-Newton or empirical Fisher."""
+    """Laplace curvatures (``laplace``, ``laplace_ll``): generalised Gauss-Newton or
+    empirical Fisher."""
 
     ggn = "ggn"
     ef = "ef"
@@ -40,9 +42,9 @@ class Fisher(str, Enum):
 
 METHODS = tuple(m.value for m in Method)
 #: Methods that fit an approximation q and then draw from it.
-APPROXIMATIONS = ("mfvi", "laplace", "swag", "mc_dropout")
+APPROXIMATIONS = ("mfvi", "laplace", "laplace_ll", "swag", "mc_dropout")
 #: Methods that only make sense around a trained checkpoint (need ``--from``).
-NEED_START = ("laplace", "swag", "mc_dropout")
+NEED_START = ("laplace", "laplace_ll", "swag", "mc_dropout")
 SCHEDULES = tuple(s.value for s in Schedule)
 FISHERS = tuple(f.value for f in Fisher)
 
@@ -93,7 +95,7 @@ class SamplerConfig:
         finite = all(
             math.isfinite(v) for v in (step_size, self.prior_var, self.temperature, self.noise_std)
         )
-        exact_step = self.method in ("laplace", "mc_dropout")  # they take no steps
+        exact_step = self.method in ("laplace", "laplace_ll", "mc_dropout")  # they take no steps
         checks = [
             (
                 finite,
