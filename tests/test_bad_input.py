@@ -310,6 +310,13 @@ CASES = [
         "--chains",
     ),
     Case("sample-segment-0", ["sample", "--segment", "0"], 2, "--segment"),
+    Case("sample-batch-0", ["sample", "--batch-size", "0"], 2, "--batch-size"),
+    Case("sample-dropout", ["sample", "--dropout", "2"], 2, "--dropout"),
+    Case("sample-step-nan", ["sample", "--step-size", "nan"], 2, "--step-size"),
+    Case("sample-prior-inf", ["sample", "--prior-var", "inf"], 2, "--prior-var"),
+    Case(
+        "sample-friction-nan", ["sample", "--method", "sghmc", "--friction", "nan"], 2, "--friction"
+    ),
     Case("sample-method", ["sample", "--method", "nuts"], 2, "'nuts' is not one of"),
     Case("sample-from-column", ["sample", "--from", "nope > 1"], 2, "unknown column 'nope'"),
     Case("sample-from-inject", ["sample", "--from", INJECT], 2, "--from"),
@@ -417,6 +424,15 @@ CASES = [
     ),
     # maintenance
     Case("compact-vacuum-neg", ["compact", "--vacuum", "-1"], 2, "--vacuum"),
+    Case("compact-vacuum-nan", ["compact", "--vacuum", "nan"], 2, "--vacuum"),
+    Case("gc-grace-nan", ["gc", "--grace", "nan"], 2, "--grace"),
+    Case(
+        "import-dropout",
+        ["import", "{tmp}/ck", "--dataset", "moons", "--dropout", "-1"],
+        2,
+        "--dropout",
+        checkpoints("ck"),
+    ),
     Case("gc-grace-neg", ["gc", "--grace", "-1"], 2, "--grace"),
     Case(
         "migrate-absent",

@@ -164,6 +164,8 @@ def import_folder(
     and checked before anything is written; ``store`` may be a path, opened (created)
     only then. File names must make valid model ids (:data:`~bnnctl.engines.population.
     NAME_PATTERN`); weights must be finite unless ``allow_nonfinite``."""
+    if dropout is not None and not 0.0 <= dropout < 1.0:
+        raise UsageError(f"`dropout` must be in [0, 1), got {dropout}", "dropout")
     folder = Path(folder)
     if not folder.is_dir():
         raise UsageError(f"import source {folder} is not a folder")
