@@ -117,7 +117,11 @@ def main_single(module) -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default="reproduction")
     p.add_argument("--keep-stores", action="store_true")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (see run.py)")
     a = p.parse_args()
+    import torch
+
+    torch.set_num_threads(max(1, a.threads))
     table = run_one(module, Path(a.out), a.quick, a.keep_stores)
     print(to_markdown(table))
 

@@ -25,8 +25,8 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     from bnnctl.store import select
 
     store = ctx.store()
-    n = ctx.pick(4, 32)  # members of each population
-    k = ctx.pick(2, 8)  # starting checkpoints of multi-mode SGHMC
+    n = ctx.pick(4, 64)  # members of each population
+    k = ctx.pick(2, 16)  # starting checkpoints of multi-mode SGHMC
     zoo.train_pop(ctx, store, "de", range(zoo.GT_SEED, zoo.GT_SEED + n))
     zoo.train_pop(ctx, store, "starts", range(k))
     zoo.sample_pop(ctx, store, "sghmc", "single", 1, 1, n)  # one chain, n samples

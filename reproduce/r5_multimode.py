@@ -50,15 +50,16 @@ def measure(store, where: str, pairs: int) -> dict:
 
 def run(ctx: common.Ctx) -> pd.DataFrame:
     store = ctx.store()
-    k = ctx.pick(2, 8)  # checkpoints of multi-mode runs, and chains of every run
+    k = ctx.pick(2, 16)  # checkpoints of multi-mode runs, and chains of every run
     s = ctx.pick(2, 8)  # samples per chain
     pairs = ctx.pick(20, 500)
     zoo.train_pop(ctx, store, "starts", range(k))
+    zoo.train_pop(ctx, store, "de", range(zoo.GT_SEED, zoo.GT_SEED + k * s))
     rows = [
         {
             "method": "deep ensemble",
             "mode": "multi",
-            **measure(store, "population == 'starts'", pairs),
+            **measure(store, "population == 'de'", pairs),
         }
     ]
     for method in zoo.METHODS:
@@ -86,7 +87,7 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     ctx.note(
         f"{zoo.arch().name} (dropout {zoo.DROPOUT}) on digits; every run has {k} chains x "
         f"{s} samples: single-mode from one checkpoint, multi-mode one chain per each of "
-        f"{k} checkpoints. Deep ensemble: the {k} checkpoints themselves."
+        f"{k} checkpoints. Deep ensemble: {k * s} other independently trained checkpoints."
     )
     ctx.note(
         "acc/nll/ece/brier of the BMA predictive; OOD = inverted digits, max-probability "

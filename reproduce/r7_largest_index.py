@@ -56,7 +56,7 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     store = ctx.store()
     ds = load_dataset("moons")
     arch = ArchSpec(WIDTHS)
-    chains, samples, burn, leap, thin = ctx.pick((4, 4, 5, 3, 1), (8, 60, 100, 10, 2))
+    chains, samples, burn, leap, thin = ctx.pick((4, 4, 5, 3, 1), (32, 30, 100, 10, 2))
     g = ctx.pick(16, 256)
     ctx.log(f"HMC: {chains} chains x {samples} samples (thin {thin}), burn-in {burn}")
     sample(
@@ -123,7 +123,7 @@ def plot(table: pd.DataFrame):
         ax.set_title(f"{r['population']}\np = {r['p_value']:.2g}", fontsize=8)
         ax.set_xlabel("hidden unit", fontsize=7)
     axes[0].set_ylabel("share of (model, input)", fontsize=7)
-    fig.suptitle("R7: index of the largest first-layer weight", fontsize=10)
+    fig.suptitle("R7: index of the largest first-layer weight", fontsize=10, y=1.06)
     return fig
 
 
