@@ -14,10 +14,10 @@ else:
 
 ID = "R6"
 TITLE = "Agreement and total variation against full-batch HMC (small MLPs)"
-#: problem -> (dataset, widths, HMC leapfrog steps in a full run)
+#: problem -> (dataset, widths, HMC leapfrog steps and chains in a full run)
 PROBLEMS = {
-    "moons": ("moons", (2, 16, 16, 2), 10),
-    "digits": ("digits", (64, 16, 10), 20),
+    "moons": ("moons", (2, 16, 16, 2), 10, 8),
+    "digits": ("digits", (64, 16, 10), 20, 16),
 }
 PRIOR_VAR = 1.0
 
@@ -28,11 +28,11 @@ def run_problem(ctx: common.Ctx, store, problem: str) -> tuple[list[dict], str]:
     from bnnctl.samplers import SamplerConfig
     from bnnctl.stats.report import compare
 
-    name, widths, leap_full = PROBLEMS[problem]
+    name, widths, leap_full, chains_full = PROBLEMS[problem]
     ds = load_dataset(name)
     arch = ArchSpec(widths)
     wd = 1.0 / (len(ds.y_train) * PRIOR_VAR)  # the prior as torch's weight decay
-    chains, samples, burn, leap = ctx.pick((2, 4, 5, 3), (8, 50, 200, leap_full))
+    chains, samples, burn, leap = ctx.pick((2, 4, 5, 3), (chains_full, 50, 200, leap_full))
     g = ctx.pick(2, 32)  # deep-ensemble members, and the starts of the other methods
     s = ctx.pick(2, 4)  # samples per start
     ctx.log(f"{problem} HMC: {chains} chains x {samples}, burn-in {burn}, leapfrog {leap}")

@@ -56,7 +56,7 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     store = ctx.store()
     ds = load_dataset("moons")
     arch = ArchSpec(WIDTHS)
-    chains, samples, burn, leap, thin = ctx.pick((4, 4, 5, 3, 1), (32, 30, 100, 10, 2))
+    chains, samples, burn, leap, thin = ctx.pick((4, 4, 5, 3, 1), (32, 40, 100, 10, 5))
     g = ctx.pick(16, 256)
     ctx.log(f"HMC: {chains} chains x {samples} samples (thin {thin}), burn-in {burn}")
     sample(
@@ -95,6 +95,11 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
         test_row("HMC canonical", idx("population == 'hmc.canon'"), "perm + scale"),
         test_row("deep ensemble canonical", idx("population == 'de.canon'"), "perm + scale"),
     ]
+    # mixing over permutations: does a chain's index ever change across its samples?
+    ordered = hmc.sort_values(["chain", "sample_index"])
+    per_chain = largest_index(store.read_params(ordered)).reshape(chains, samples, WIDTHS[0])
+    constant = float((per_chain == per_chain[:, :1]).all(1).mean())
+    rows[0]["frac_chain_inputs_index_constant"] = constant
     table = pd.DataFrame(rows)
     ctx.note(
         f"moons, mlp:{'-'.join(map(str, WIDTHS))} ReLU, prior N(0, {PRIOR_VAR}); HMC "
@@ -104,7 +109,8 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     ctx.note(
         "observations: (model, input) pairs; scipy.stats.chisquare of the unit-index counts "
         f"against uniform over {WIDTHS[1]} units. Samples of one chain are not independent, "
-        "so the all-samples p-value overstates the evidence."
+        "so the all-samples p-value overstates the evidence; frac_chain_inputs_index_constant: "
+        "share of (chain, input) pairs whose index never changes over the chain's samples."
     )
     ctx.table(table, "largest_index", TITLE)
     ctx.figure(plot(table), "largest_index")
