@@ -49,3 +49,11 @@ def test_bench_scale_quick():
 def test_bench_verify_quick():
     out = json.loads(quick("bench_verify.py", "--json"))
     assert out["problems"] == 0 and out["verify_mb_per_s"] > 0 and out["sha256_mb_per_s"] > 0
+
+
+def test_bench_keys_quick():
+    out = json.loads(quick("bench_keys.py", "--json"))
+    forms = {r["form"]: r for r in out["rows"]}
+    assert forms["weight matching to a medoid"]["distance_vs_matching"] == 1.0
+    assert {"pc", "mean", "scale only (no perm)"} <= set(forms)
+    assert 0 <= out["pc_layer2_flipped_share"] <= 0.5
