@@ -205,6 +205,8 @@ CASES = [
     Case("train-block-0", ["train", "--block-size", "0"], 2, "--block-size"),
     Case("train-block-huge", ["train", "--block-size", "70000"], 2, "--block-size"),
     Case("train-jobs-0", ["train", "--jobs", "0"], 2, "--jobs"),
+    Case("train-scheduler-0", ["train", "--scheduler", "local:0"], 2, "--scheduler local:N"),
+    Case("train-scheduler-word", ["train", "--scheduler", "foo"], 2, "--scheduler must be"),
     Case("train-arch-oom", ["train", "--arch", "mlp:64-100000000-10", "-p", "big"], 2, "GB"),
     Case("train-arch-outputs", ["train", "--arch", "mlp:64-8-3"], 2, "3 outputs"),
     Case("train-arch-name", ["train", "--arch", "resnet18"], 2, "cannot parse architecture"),

@@ -11,6 +11,7 @@ from bnnctl.cli.common import (
     FormatFlag,
     QuietOpt,
     ReportFormat,
+    SchedulerOpt,
     StoreOpt,
     WhereOpt,
     command,
@@ -40,10 +41,11 @@ def canonicalize_cmd(
         Key,
         typer.Option(
             "--key",
-            help="Sort key of hidden units (pc: projection on the leading principal direction; "
-            "weight0, mean: the paper's).",
+            help="Sort key of hidden units (mean, weight0: the paper's; pc: projection on the "
+            "leading principal direction, steadier under noise but it can split a population "
+            "into mirrored clusters).",
         ),
-    ] = Key.pc,
+    ] = Key.mean,
     scale_mode: Annotated[
         ScaleMode,
         typer.Option(
@@ -67,6 +69,7 @@ def canonicalize_cmd(
         ),
     ] = MODE_RTOL,
     fmt: Annotated[ReportFormat, FormatFlag] = ReportFormat.table,
+    scheduler: SchedulerOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -92,6 +95,7 @@ def canonicalize_cmd(
             align_to,
             mode_rtol=mode_tol,
             progress=advance,
+            scheduler=scheduler,
         )
     log(
         quiet,

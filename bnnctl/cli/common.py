@@ -210,6 +210,15 @@ ArchOpt = Annotated[
 ]
 
 
+SchedulerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler",
+        help="Run blocks on Dask workers: local:N (a cluster of N worker processes here) or "
+        "tcp://HOST:PORT (a running `dask scheduler`); needs the distributed package. "
+        "Default: in this process.",
+    ),
+]
 AllowNonfiniteOpt = Annotated[
     bool,
     typer.Option(

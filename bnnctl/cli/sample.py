@@ -15,6 +15,7 @@ from bnnctl.cli.common import (
     DatasetOpt,
     DropoutOpt,
     QuietOpt,
+    SchedulerOpt,
     StoreOpt,
     command,
     dataset_and_arch,
@@ -108,6 +109,7 @@ def sample_cmd(
     population: Annotated[
         str | None, _opt("--population", "Population name (default: <dataset>-<method>).")
     ] = None,
+    scheduler: SchedulerOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -117,6 +119,9 @@ def sample_cmd(
     Example: bnnctl sample --method hmc --chains 8 --samples 200 --burn-in 50 --prior-var 0.2
     """
     from bnnctl.engines.sample import make_plan, run_plan
+    from bnnctl.scheduler import require
+
+    require(scheduler)  # before make_plan creates a store
 
     cfg = SamplerConfig(
         method.value,
@@ -140,7 +145,7 @@ def sample_cmd(
     )
     st, plan = make_plan(store, cfg, samples, chains, ds, spec, start, population, segment, seed)
     with progress(quiet, f"sample {cfg.method}", plan.total_steps, unit="steps") as advance:
-        result = run_plan(st, plan, advance)
+        result = run_plan(st, plan, advance, scheduler)
     rows = result.rows
     msg = f"committed {len(rows)} rows ({plan.chains} chains x {plan.samples} samples"
     msg += (

@@ -17,6 +17,7 @@ from bnnctl.cli.common import (
     DatasetOpt,
     DropoutOpt,
     QuietOpt,
+    SchedulerOpt,
     StoreOpt,
     command,
     dataset_and_arch,
@@ -79,6 +80,7 @@ def train_cmd(
     jobs: Annotated[
         int, typer.Option("--jobs", "-j", help="Worker processes, each training whole blocks.")
     ] = 1,
+    scheduler: SchedulerOpt = None,
     allow_nonfinite: AllowNonfiniteOpt = False,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
@@ -111,6 +113,7 @@ def train_cmd(
             dtype.value,
             progress=advance,
             allow_nonfinite=allow_nonfinite,
+            scheduler=scheduler,
         )
     elapsed = time.perf_counter() - t0
     rows = result.rows

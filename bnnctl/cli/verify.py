@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import typer
 
-from bnnctl.cli.common import DEFAULT_STORE, AsOfOpt, QuietOpt, StoreOpt, command, log
+from bnnctl.cli.common import (
+    DEFAULT_STORE,
+    AsOfOpt,
+    QuietOpt,
+    SchedulerOpt,
+    StoreOpt,
+    command,
+    log,
+)
 from bnnctl.store import Store
 
 
 @command("verify")
 def verify_cmd(
-    as_of: AsOfOpt = None, store: StoreOpt = DEFAULT_STORE, quiet: QuietOpt = False
+    as_of: AsOfOpt = None,
+    scheduler: SchedulerOpt = None,
+    store: StoreOpt = DEFAULT_STORE,
+    quiet: QuietOpt = False,
 ) -> None:
     """Re-hash every checkpoint the manifest names and check manifest, arrays and schema.
 
@@ -20,8 +31,11 @@ def verify_cmd(
 
     Example: bnnctl verify --store runs.zarr
     """
+    from bnnctl.scheduler import require
+
+    require(scheduler)
     st = Store.open(store, as_of=as_of)
-    problems = st.verify()
+    problems = st.verify(scheduler)
     for p in problems:
         typer.echo(f"{p.model_id or '-'}\t{p.where}\t{p.message}")
     if problems:

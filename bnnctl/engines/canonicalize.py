@@ -25,13 +25,14 @@ import hashlib
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.scheduler as schedmod
 from bnnctl.arch import ArchSpec
 from bnnctl.errors import CheckError, ConflictError, DataError, UsageError
 from bnnctl.evaluate import outputs
@@ -298,10 +299,14 @@ def canonicalize(
     block_size: int = BLOCK_SIZE,
     mode_rtol: float = MODE_RTOL,
     progress: Callable[[int], None] | None = None,
+    scheduler: str | None = None,
 ) -> CanonResult:
     """Canonicalise (or, with ``align_to``, align) ``sources`` (a selection or a
     ``--where`` expression; default: every row that is not canonical) into new rows;
-    skip those already done. See the module doc."""
+    skip those already done. ``scheduler`` (``local:N`` or ``tcp://HOST:PORT``) runs the
+    blocks on Dask workers (:mod:`bnnctl.scheduler`), each committing its own block: the
+    same rows, bit for bit. See the module doc."""
+    sched = schedmod.require(scheduler)
     if block_size < 1:
         raise UsageError(f"`block_size` must be at least 1, got {block_size}", "block_size")
     if not 0 <= mode_rtol < 1:
@@ -322,9 +327,11 @@ def canonicalize(
             check_finite(store, g.todo, block_size)
     if any(not g.todo.empty for g in groups):
         store.check_writable(sum(len(g.todo) * g.arch.n_params * 4 for g in groups))
-    done = []
-    for g in groups:
-        done += _run_group(store, g, ref, block_size, progress)
+    if sched is not None:
+        done = _run_scheduled(store, groups, ref, block_size, progress, sched)
+        store = Store.open(store.url)  # workers committed: read the manifest afresh
+    else:
+        done = [b for g in groups for b in _run_group(store, g, ref, block_size, progress)]
     new = pd.concat(done, ignore_index=True) if done else man.iloc[0:0]
     n_src = sum(len(g.sources) for g in groups)
     canon = _selection_rows(store.manifest(), groups)
@@ -340,36 +347,100 @@ def _run_group(store: Store, g: Group, ref, block_size: int, progress) -> list[p
     assert g.data, "plan() refuses groups without stored data"
     data = store.load_data(g.data)
     x, y = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
-    spec = g.transform.to_json(g.arch)
     out = []
     for i in range(0, len(g.todo), block_size):
         chunk = g.todo.iloc[i : i + block_size]
-        t0 = time.perf_counter()
-        res = transform_block(g.arch, store.read_params(chunk), g.transform, x, ref)
-        bad = ~(res.max_diff <= res.allowed)  # NaN fails too
-        if bad.any():
-            j = int(np.argmax(bad))
-            raise CheckError(
-                f"{g.target_id(chunk['model_id'].iloc[j])}: outputs differ from the source by "
-                f"{res.max_diff[j]:.3g} > {res.allowed[j]:.3g} (rtol {CHECK_RTOL:g}); not committed"
-            )
-        noise = _py(chunk["noise_std"].iloc[0]) if "noise_std" in chunk else None
-        lik = for_task(chunk["task"].iloc[0], *([] if noise is None else [float(noise)]))
-        metrics = {k: v.double().numpy() for k, v in evaluate(lik, res.outputs, y).items()}
-        wall = (time.perf_counter() - t0) / len(chunk)
-        rows = [
-            _row(g, src, spec, res, j, metrics, wall)
-            for j, src in enumerate(chunk.to_dict("records"))
-        ]
-        block = _block_name(g, chunk)
-        out.append(
-            store.commit_block(
-                f"params/{g.out_population}/{block}", res.params, "float32", g.arch, rows
-            )
-        )
+        out.append(canon_block(store, g, chunk, x, y, ref))
         if progress is not None:
             progress(len(chunk))
     return out
+
+
+def canon_block(
+    store: Store,
+    g: Group,
+    chunk: pd.DataFrame,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    ref: torch.Tensor | None,
+) -> pd.DataFrame:
+    """Transform, check and commit one block of ``g``'s sources: ``block -> rows``.
+    ``x``, ``y``: the group's stored test data."""
+    t0 = time.perf_counter()
+    res = transform_block(g.arch, store.read_params(chunk), g.transform, x, ref)
+    bad = ~(res.max_diff <= res.allowed)  # NaN fails too
+    if bad.any():
+        j = int(np.argmax(bad))
+        raise CheckError(
+            f"{g.target_id(chunk['model_id'].iloc[j])}: outputs differ from the source by "
+            f"{res.max_diff[j]:.3g} > {res.allowed[j]:.3g} (rtol {CHECK_RTOL:g}); not committed"
+        )
+    noise = _py(chunk["noise_std"].iloc[0]) if "noise_std" in chunk else None
+    lik = for_task(chunk["task"].iloc[0], *([] if noise is None else [float(noise)]))
+    metrics = {k: v.double().numpy() for k, v in evaluate(lik, res.outputs, y).items()}
+    wall = (time.perf_counter() - t0) / len(chunk)
+    spec = g.transform.to_json(g.arch)
+    rows = [
+        _row(g, src, spec, res, j, metrics, wall) for j, src in enumerate(chunk.to_dict("records"))
+    ]
+    return store.commit_block(
+        f"params/{g.out_population}/{_block_name(g, chunk)}", res.params, "float32", g.arch, rows
+    )
+
+
+def _scheduled_block(
+    chunk: pd.DataFrame, g: Group, url: str, ref: torch.Tensor | None
+) -> pd.DataFrame:
+    """One block on a Dask worker: open the store, read the group's test data (kept
+    per worker process), transform, check, commit."""
+    store = Store.open(url)
+    assert g.data, "plan() refuses groups without stored data"
+    key = (url, g.data)
+    if key not in _TEST_DATA:
+        data = store.load_data(g.data)
+        _TEST_DATA.clear()
+        _TEST_DATA[key] = torch.from_numpy(data.x_test), torch.from_numpy(data.y_test)
+    x, y = _TEST_DATA[key]
+    return canon_block(store, g, chunk, x, y, ref)
+
+
+#: A worker's test data of the last group it ran (data paths are content hashes).
+_TEST_DATA: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _run_scheduled(
+    store: Store,
+    groups: list[Group],
+    ref: torch.Tensor | None,
+    block_size: int,
+    progress: Callable[[int], None] | None,
+    sched: schedmod.Scheduler,
+) -> list[pd.DataFrame]:
+    """Every group's blocks as Dask tasks (:mod:`bnnctl.scheduler`), each committed by
+    its worker; ``progress`` advances by a block's rows as it finishes."""
+    tasks = [
+        (
+            g.todo.iloc[i : i + block_size],
+            replace(g, sources=g.todo.iloc[0:0], todo=g.todo.iloc[0:0]),
+        )
+        for g in groups
+        for i in range(0, len(g.todo), block_size)
+    ]
+    if not tasks:
+        return []
+
+    def done(i: int, rows: pd.DataFrame) -> None:
+        if progress is not None:
+            progress(len(tasks[i][0]))
+
+    with schedmod.connect(sched) as cluster:
+        return cluster.map(
+            _scheduled_block,
+            tasks,
+            (schedmod.location(store), ref),
+            done,
+            lambda i: f"block {tasks[i][1].out_population}/{_block_name(tasks[i][1], tasks[i][0])}",
+        )
 
 
 def _block_name(g: Group, chunk: pd.DataFrame) -> str:

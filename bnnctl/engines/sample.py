@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.scheduler as schedmod
 from bnnctl.arch import ArchSpec
 from bnnctl.data import Dataset
 from bnnctl.engines import population as popmod
@@ -222,6 +223,12 @@ def _resolve_start(store: Store, start: pd.DataFrame, chains: int | None):
 
 def check_population(store: Store, plan: Plan) -> list[int]:
     """Indices of the population's committed segments; refuses another configuration."""
+    return sorted({seg for segs in committed_blocks(store, plan).values() for seg in segs})
+
+
+def committed_blocks(store: Store, plan: Plan) -> dict[range, list[int]]:
+    """The population's committed segments by chain block (:func:`chain_block_of`);
+    refuses another configuration, and blocks that overlap."""
 
     def describe(row: pd.Series) -> str:
         what = (
@@ -235,15 +242,60 @@ def check_population(store: Store, plan: Plan) -> list[int]:
         )
 
     mine = popmod.existing_rows(store, plan.population, plan.sha256, describe)
-    return sorted({_segment_of(a) for a in mine["array"]})
+    out: dict[range, set[int]] = {}
+    for a in mine["array"]:
+        out.setdefault(chain_block_of(a, plan.chains), set()).add(_segment_of(a))
+    blocks = sorted(out, key=lambda b: b.start)
+    for b, c in zip(blocks, blocks[1:], strict=False):
+        if c.start < b.stop:
+            raise StoreError(
+                f"population {plan.population!r} has overlapping chain blocks "
+                f"{_block_label(b)} and {_block_label(c)}; use a new `population`"
+            )
+    return {b: sorted(out[b]) for b in blocks}
 
 
 def _segment_of(array: str) -> int:
-    """The segment index in an array path ``params/<population>/seg<k>.<attempt>``."""
+    """The segment index in an array path ``params/<population>/[c<a>-<b>/]seg<k>.<attempt>``."""
     m = re.search(r"/seg(\d+)", array)
     if m is None:
         raise StoreError(f"array {array} of a sample population is not named by segment")
     return int(m.group(1))
+
+
+def chain_block_of(array: str, chains: int) -> range:
+    """The chains an array holds: ``params/<pop>/c<a>-<b>/seg<k>...`` holds chains a..b
+    (a block run apart, e.g. on a Dask worker); ``params/<pop>/seg<k>...`` all of them."""
+    m = re.search(r"/c(\d+)-(\d+)/seg\d+", array)
+    if m is None:
+        return range(chains)
+    block = range(int(m.group(1)), int(m.group(2)) + 1)
+    if not 0 <= block.start < block.stop <= chains:
+        raise StoreError(f"array {array} names chains outside the population's {chains}")
+    return block
+
+
+def _block_label(chains: range) -> str:
+    return f"c{chains.start:05d}-{chains.stop - 1:05d}"
+
+
+def chain_blocks(plan: Plan, committed: dict[range, list[int]], parts: int) -> list[range]:
+    """The chain blocks of this run: those already committed, as they are; the chains no
+    block holds yet split into about ``parts`` contiguous blocks (1: all chains together,
+    the in-process layout). Chains are independent (each has its own random stream and
+    nothing mixes them), so a chain's samples are the same bit for bit in any block."""
+    if not committed and parts <= 1:
+        return [range(plan.chains)]
+    free, pos = [], 0
+    for b in sorted(committed, key=lambda b: b.start):
+        if b.start > pos:
+            free.append(range(pos, b.start))
+        pos = b.stop
+    if pos < plan.chains:
+        free.append(range(pos, plan.chains))
+    size = -(-sum(len(f) for f in free) // max(parts, 1))
+    new = [range(i, min(i + size, f.stop)) for f in free for i in range(f.start, f.stop, size)]
+    return sorted([*committed, *new], key=lambda b: b.start)
 
 
 # --- running ----------------------------------------------------------------------------
@@ -261,45 +313,189 @@ def sample(
     segment: int | None = None,
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
+    scheduler: str | None = None,
 ) -> SampleResult:
     """Run (or resume) a sample population and commit its kept samples segment by
-    segment. ``progress(n)`` is called as sampler updates (or draws) complete."""
+    segment. ``progress(n)`` is called as sampler updates (or draws) complete.
+    ``scheduler`` (``local:N`` or ``tcp://HOST:PORT``) runs blocks of chains on Dask
+    workers (:func:`run_plan`)."""
+    schedmod.require(scheduler)  # checked before anything is written
     store, plan = make_plan(
         store, config, samples, chains, dataset, arch, start, population, segment, seed
     )
-    return run_plan(store, plan, progress)
+    return run_plan(store, plan, progress, scheduler)
+
+
+@dataclass
+class ChainsResult:
+    """What running one block of chains gives: its rows and the summary of its chains."""
+
+    rows: pd.DataFrame
+    divergent: dict[int, int]  # chain -> sampler step at which it diverged
+    steps: int  # sampler updates (or draws) this call ran
+    divergent_transitions: int = 0
+    accept_rate: np.ndarray | None = None
+    stopped: bool = False  # every chain of the block diverged: its later segments are empty
 
 
 def run_plan(
-    store: Store, plan: Plan, progress: Callable[[int], None] | None = None
+    store: Store,
+    plan: Plan,
+    progress: Callable[[int], None] | None = None,
+    scheduler: str | None = None,
 ) -> SampleResult:
-    done = check_population(store, plan)
-    if done != list(range(len(done))):
-        raise StoreError(f"population {plan.population!r} has gaps in its committed segments")
-    progress = progress or (lambda n: None)
-    cfg = plan.config
-    post = LogPosterior.of(plan.arch, plan.dataset, cfg.prior_var, cfg.temperature, cfg.noise_std)
-    sampler = build(cfg, post)
-    result = SampleResult(plan.population, store.manifest().iloc[0:0], len(done), {})
-    if len(done) >= plan.n_segments:
+    """Run (or resume) ``plan``. In this process, all chains run together; with
+    ``scheduler`` they are split into about one block per Dask worker thread, each
+    run (burn-in, then its segments, committed as ``params/<pop>/c<a>-<b>/seg<k>``) by a
+    worker as one task. A resumed run keeps the blocks it finds committed, wherever it
+    runs them; the samples are the same bit for bit either way."""
+    sched = schedmod.parse(scheduler)
+    committed = committed_blocks(store, plan)
+    for segs in committed.values():
+        if segs != list(range(len(segs))):
+            raise StoreError(f"population {plan.population!r} has gaps in its committed segments")
+    share = _Shares(progress or (lambda n: None), plan.chains)
+    if all(len(committed.get(b, [])) >= plan.n_segments for b in chain_blocks(plan, committed, 1)):
+        sched = None  # nothing left to run: no cluster needed
+    if sched is None:
+        blocks = chain_blocks(plan, committed, 1)
+        results = [
+            run_chains(store, plan, b, len(committed.get(b, [])), share.of(b))
+            for b in blocks
+            if len(committed.get(b, [])) < plan.n_segments
+        ]
+    else:
+        with schedmod.connect(sched) as cluster:
+            blocks = chain_blocks(plan, committed, cluster.slots)
+            results = _run_scheduled(store, plan, blocks, committed, share, cluster)
+        store = Store.open(store.url)  # workers committed: read the manifest afresh
+    skipped = min(len(committed.get(b, [])) for b in blocks)
+    result = SampleResult(plan.population, store.manifest().iloc[0:0], skipped, {})
+    if not results:
         return result
-    state = _restore(store, plan, sampler, len(done))
-    if state is None:
-        state = _burn_in(plan, sampler, post, progress)
-        _save(store, plan, state, 0)
-    blocks = []
-    for seg in range(len(done), plan.n_segments):
-        state, block = _segment(store, plan, sampler, state, seg, progress, result.divergent)
-        blocks.append(block)
+    if all(r.stopped for r in results):
+        raise _all_diverged(plan)
     store.remove_state(plan.population)  # the run is complete: no resume point needed
     store.maybe_compact()
-    result.rows = pd.concat(blocks, ignore_index=True)
-    _summarise(result, state)
+    result.rows = pd.concat([r.rows for r in results], ignore_index=True)
+    for r in results:
+        result.divergent.update(r.divergent)
+        result.divergent_transitions += r.divergent_transitions
+    if len(results) == len(blocks) and all(r.accept_rate is not None for r in results):
+        result.accept_rate = np.concatenate([r.accept_rate for r in results])
     return result
 
 
-def _restore(store: Store, plan: Plan, sampler: Sampler, committed: int):
-    saved = store.read_state(plan.state_path(committed * plan.segment))
+class _Shares:
+    """Progress in updates of all chains, from blocks of chains: n updates of a block of
+    k chains are n x k / chains updates (whole numbers, exact once all are counted)."""
+
+    def __init__(self, progress: Callable[[int], None], chains: int) -> None:
+        self.progress, self.chains, self.units, self.told = progress, chains, 0, 0
+
+    def of(self, block: range) -> Callable[[int], None]:
+        if len(block) == self.chains:
+            return self.progress
+        return lambda n: self.add(n * len(block))
+
+    def add(self, chain_updates: int) -> None:
+        self.units += chain_updates
+        whole = self.units // self.chains - self.told
+        if whole:
+            self.told += whole
+            self.progress(whole)
+
+
+def _run_scheduled(
+    store: Store,
+    plan: Plan,
+    blocks: list[range],
+    committed: dict[range, list[int]],
+    share: _Shares,
+    cluster: schedmod.Cluster,
+) -> list[ChainsResult]:
+    """Each unfinished block of chains as one Dask task; progress advances by a block's
+    share of its updates as it finishes."""
+    todo = [b for b in blocks if len(committed.get(b, [])) < plan.n_segments]
+    return cluster.map(
+        _scheduled_chains,
+        [(b, len(committed.get(b, []))) for b in todo],
+        (plan, schedmod.location(store)),
+        lambda i, r: share.of(todo[i])(r.steps),
+        lambda i: f"chains {_block_label(todo[i])} of {plan.population}",
+    )
+
+
+def _scheduled_chains(chains: range, done: int, plan: Plan, url: str) -> ChainsResult:
+    """One block of chains on a Dask worker: open the store, run, commit (as in-process)."""
+    return run_chains(Store.open(url), plan, chains, done)
+
+
+def run_chains(
+    store: Store,
+    plan: Plan,
+    chains: range,
+    done: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> ChainsResult:
+    """Run the block ``chains`` of ``plan`` from its ``done`` committed segments to the
+    end: burn-in (or its saved state), then one committed segment after another. When
+    every chain of the block has diverged, a block of all chains fails (a CheckError);
+    a smaller block stops, and its later segments stay empty."""
+    count = [0]
+
+    def step(n: int) -> None:
+        count[0] += n
+        if progress is not None:
+            progress(n)
+
+    cfg = plan.config
+    post = LogPosterior.of(plan.arch, plan.dataset, cfg.prior_var, cfg.temperature, cfg.noise_std)
+    sampler = build(cfg, post)
+    result = ChainsResult(store.manifest().iloc[0:0], {}, 0)
+    state = _restore(store, plan, chains, sampler, done)
+    if state is None:
+        state = _burn_in(plan, chains, sampler, post, step)
+        _save(store, plan, chains, state, 0)
+    blocks = []
+    for seg in range(done, plan.n_segments):
+        state, block = _segment(store, plan, chains, sampler, state, seg, step, result.divergent)
+        if block is None:
+            if len(chains) == plan.chains:
+                raise _all_diverged(plan)
+            result.stopped = True
+            break
+        blocks.append(block)
+    if blocks:
+        result.rows = pd.concat(blocks, ignore_index=True)
+    result.steps = count[0]
+    if hasattr(state, "divergences"):
+        result.divergent_transitions = int(state.divergences.sum())
+        result.accept_rate = state.accept_rate.numpy()
+    return result
+
+
+def _all_diverged(plan: Plan) -> CheckError:
+    return CheckError(
+        f"every chain of population {plan.population!r} diverged (non-finite energy); "
+        "nothing stored — lower --step-size"
+    )
+
+
+def _state_path(plan: Plan, chains: range, kept: int) -> str:
+    if len(chains) == plan.chains:
+        return plan.state_path(kept)
+    return f"{plan.population}/{_block_label(chains)}/kept{kept:07d}"
+
+
+def _array_path(plan: Plan, chains: range, seg: int) -> str:
+    if len(chains) == plan.chains:
+        return plan.array_path(seg)
+    return f"params/{plan.population}/{_block_label(chains)}/seg{seg:06d}"
+
+
+def _restore(store: Store, plan: Plan, chains: range, sampler: Sampler, committed: int):
+    saved = store.read_state(_state_path(plan, chains, committed * plan.segment))
     if saved is not None and saved[1].get("config_sha256") == plan.sha256:
         return load_state(sampler.state_type, *saved)
     if committed:
@@ -310,21 +506,23 @@ def _restore(store: Store, plan: Plan, sampler: Sampler, committed: int):
     return None
 
 
-def _save(store: Store, plan: Plan, state, kept: int) -> None:
+def _save(store: Store, plan: Plan, chains: range, state, kept: int) -> None:
     arrays, attrs = save_state(state)
     store.write_state(
-        plan.state_path(kept), arrays, {**attrs, "config_sha256": plan.sha256, "kept": kept}
+        _state_path(plan, chains, kept),
+        arrays,
+        {**attrs, "config_sha256": plan.sha256, "kept": kept},
     )
 
 
-def _burn_in(plan: Plan, sampler: Sampler, post: LogPosterior, progress):
+def _burn_in(plan: Plan, chains: range, sampler: Sampler, post: LogPosterior, progress):
     """Start the chains and run burn-in (MCMC) or the fit (approximations)."""
-    gens = [plan.generator(k) for k in range(plan.chains)]
+    gens = [plan.generator(k) for k in chains]
     if plan.starts is None:
         std = plan.config.prior_var**0.5
         starts = torch.stack([torch.randn(plan.arch.n_params, generator=g) * std for g in gens])
     else:
-        starts = plan.starts
+        starts = plan.starts[chains.start : chains.stop]
     state = sampler.init(starts, gens)
     steps = sampler.fit_steps if sampler.approximate else plan.config.burn_in
     for _ in range(steps or 0):
@@ -334,11 +532,20 @@ def _burn_in(plan: Plan, sampler: Sampler, post: LogPosterior, progress):
 
 
 def _segment(
-    store: Store, plan: Plan, sampler: Sampler, state, seg: int, progress, divergent: dict
+    store: Store,
+    plan: Plan,
+    chains: range,
+    sampler: Sampler,
+    state,
+    seg: int,
+    progress,
+    divergent: dict,
 ):
-    """Run one segment, save the state after it, commit its samples; return both.
-    Chains first seen divergent are added to ``divergent`` (chain -> step)."""
+    """Run one segment of the block ``chains``, save the state after it, commit its
+    samples; return both (the block None when no chain is left to store). Chains first
+    seen divergent are added to ``divergent`` (chain -> step)."""
     t0 = time.perf_counter()
+    c0 = chains.start
     k0, k1 = seg * plan.segment, min((seg + 1) * plan.segment, plan.samples)
     kept, info = [], []
     for i in range(k0, k1):
@@ -352,34 +559,38 @@ def _segment(
             theta = state.params
         ok = ~(state.diverged | ~torch.isfinite(theta).all(-1))
         for c in torch.nonzero(~ok).flatten().tolist():
-            divergent.setdefault(c, state.step)
+            divergent.setdefault(c0 + c, state.step)
         kept.append(theta[ok].float())
-        info.append((i, state.step, ok.clone(), _step_sizes(plan, state), _accept(state)))
+        info.append(
+            (i, state.step, ok.clone(), _step_sizes(plan, state, len(chains)), _accept(state))
+        )
     params = torch.cat(kept)
     rows = [
-        _row(plan, c, i, step, sizes[c], acc[c] if acc is not None else None)
+        _row(plan, c0 + c, i, step, sizes[c], acc[c] if acc is not None else None)
         for i, step, ok, sizes, acc in info
         for c in torch.nonzero(ok).flatten().tolist()
     ]
-    params, rows = _drop_nonfinite(plan, params, rows, state, divergent)
+    params, rows = _drop_nonfinite(plan, c0, params, rows, state, divergent)
     if seg == 0:
-        params, rows = _add_summary(plan, sampler, state, params, rows)
+        params, rows = _add_summary(plan, c0, sampler, state, params, rows)
     if not rows:
-        raise CheckError(
-            f"every chain of population {plan.population!r} diverged (non-finite energy); "
-            "nothing stored — lower --step-size"
-        )
+        return state, None
     for r in rows:
         r["wall_time_s"] = (time.perf_counter() - t0) / len(rows)
-    _save(store, plan, state, k1)
-    block = store.commit_block(plan.array_path(seg), params.numpy(), "float32", plan.arch, rows)
-    store.remove_state(plan.state_path(k0))
+    _save(store, plan, chains, state, k1)
+    block = store.commit_block(
+        _array_path(plan, chains, seg), params.numpy(), "float32", plan.arch, rows
+    )
+    store.remove_state(_state_path(plan, chains, k0))
     return state, block
 
 
-def _drop_nonfinite(plan: Plan, params: torch.Tensor, rows: list[dict], state, divergent: dict):
+def _drop_nonfinite(
+    plan: Plan, c0: int, params: torch.Tensor, rows: list[dict], state, divergent: dict
+):
     """Add metrics to the sample rows; a sample whose training NLL is not finite marks its
-    chain divergent from there on (an SG step computes the energy only at its start)."""
+    chain divergent from there on (an SG step computes the energy only at its start).
+    ``c0``: the first chain of the block (``state`` holds chains c0, c0+1, ...)."""
     if not rows:
         return params, rows
     metrics = _metrics(plan, params)
@@ -391,18 +602,18 @@ def _drop_nonfinite(plan: Plan, params: torch.Tensor, rows: list[dict], state, d
             divergent.setdefault(r["chain"], r["step"])
     if not bad_from:
         return params, rows
-    state.diverged[list(bad_from)] = True
+    state.diverged[[c - c0 for c in bad_from]] = True
     keep = [j for j, r in enumerate(rows) if r["sample_index"] < bad_from.get(r["chain"], 1 << 62)]
     return params[keep], [rows[j] for j in keep]
 
 
-def _step_sizes(plan: Plan, state) -> list[float | None]:
+def _step_sizes(plan: Plan, state, m: int) -> list[float | None]:
     cfg = plan.config
     if cfg.method == "hmc":
         return state.step_size.tolist()
     if cfg.method in ("sgld", "sghmc"):
-        return [step_size_at(cfg, state.step - 1)] * plan.chains
-    return [cfg.step_size if cfg.step_size else None] * plan.chains
+        return [step_size_at(cfg, state.step - 1)] * m
+    return [cfg.step_size if cfg.step_size else None] * m
 
 
 def _accept(state) -> list[float] | None:
@@ -437,14 +648,15 @@ def _row(
     }
 
 
-def _add_summary(plan: Plan, sampler: Sampler, state, params, rows):
+def _add_summary(plan: Plan, c0: int, sampler: Sampler, state, params, rows):
     """Append q's mean / std rows (approximations with a summary) to the first segment's
-    block; the mean rows get metrics like samples, the std rows none."""
+    block; the mean rows get metrics like samples, the std rows none. ``c0``: the first
+    chain of the block."""
     if sampler.summary is None:
         return params, rows
     ok = torch.nonzero(~state.diverged).flatten().tolist()
     for what, value in sampler.summary(state).items():
-        extra = [_row(plan, c, -1, state.step, None, None, what) for c in ok]
+        extra = [_row(plan, c0 + c, -1, state.step, None, None, what) for c in ok]
         if what == "mean" and extra:
             metrics = _metrics(plan, value[ok].float())
             for j, r in enumerate(extra):
@@ -462,9 +674,3 @@ def _metrics(plan: Plan, params: torch.Tensor) -> dict[str, np.ndarray]:
         for i in range(0, len(params), METRIC_CHUNK)
     ]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-
-
-def _summarise(result: SampleResult, state) -> None:
-    if hasattr(state, "divergences"):
-        result.divergent_transitions = int(state.divergences.sum())
-        result.accept_rate = state.accept_rate.numpy()

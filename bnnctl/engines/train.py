@@ -5,7 +5,8 @@ trained a block at a time: ``M`` models as one ``[M, n_params]`` tensor, batched
 for the forward and backward pass (:mod:`bnnctl.arch.spec`), and one ``torch.optim``
 optimizer (fused Adam or SGD) over the stacked tensor, which is elementwise and therefore
 exactly a per-model optimizer. A block is ``block -> manifest rows`` with no shared state but the
-store, so blocks can run in worker processes (``jobs``) or on a distributed engine.
+store, so blocks can run in worker processes (``jobs``) or on Dask workers (``scheduler``,
+:mod:`bnnctl.scheduler`), each committing its own blocks.
 
 Model k's initialisation and data order come from its own generator, seeded by
 (population config, k) alone: the same seed gives the same weights whatever the block.
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.scheduler as schedmod
 from bnnctl.arch import ArchSpec
 from bnnctl.data import Dataset
 from bnnctl.engines import population as popmod
@@ -249,19 +251,25 @@ def train(
     dtype: str = "float32",
     progress: Callable[[int], None] | None = None,
     allow_nonfinite: bool = False,
+    scheduler: str | None = None,
 ) -> TrainResult:
     """Train ``seeds`` of a population into ``store``, skipping those already committed.
     Every argument is checked before anything is written, and the store's room and the
     machine's memory before anything is trained; ``store`` may be a path or URL, then
     opened (created) only after the checks. ``progress(n)`` is called as model-epochs
-    complete (n at a time)."""
+    complete (n at a time; a block's at once when it runs in a worker). ``jobs`` > 1
+    runs blocks in that many spawned processes; ``scheduler`` (``local:N`` or
+    ``tcp://HOST:PORT``) on Dask workers instead: the same rows, bit for bit."""
     pop = make_population(dataset, config, arch, population, dtype)
+    sched = schedmod.require(scheduler)
     if not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise UsageError(
             f"`block_size` must be in 1..{MAX_BLOCK_SIZE}, got {block_size}", "block_size"
         )
     if jobs < 1:
         raise UsageError(f"`jobs` must be at least 1, got {jobs}", "jobs")
+    if sched is not None and jobs > 1:
+        raise UsageError("give `jobs` or `scheduler`, not both", "scheduler")
     seeds = list(seeds)
     if not seeds:
         raise UsageError("no `seeds` requested", "seeds")
@@ -271,9 +279,10 @@ def train(
             "seeds",
         )
     m = min(block_size, len(seeds))
+    at_once = (sched.local_slots or 1) if sched is not None else jobs  # blocks here at once
     popmod.check_memory(
-        jobs * block_memory(pop, m),
-        f"training {jobs} block(s) of {m} x {pop.arch.name}",
+        at_once * block_memory(pop, m),
+        f"training {at_once} block(s) of {m} x {pop.arch.name}",
         "lower `block_size` or the arch's widths",
     )
     if not isinstance(store, Store):
@@ -286,7 +295,14 @@ def train(
         len(todo) * pop.arch.n_params * np.dtype(dtype).itemsize + dataset_bytes(dataset)
     )
     data_path = store.put_dataset(dataset)
-    if jobs == 1:
+    if sched is not None:
+        _run_scheduled(store, pop, blocks, data_path, sched, progress, allow_nonfinite)
+        # A block re-run after its worker died may find its rows committed by the killed
+        # attempt: report the rows committed for the seeds to do, whoever committed them.
+        store = Store.open(store.url)
+        mine = store.population(pop.name)
+        done = [mine[mine["seed"].isin(todo)].sort_values("seed")]
+    elif jobs == 1:
         done = [train_block(store, pop, b, data_path, progress, allow_nonfinite) for b in blocks]
     else:
         done = _run_parallel(store.url, pop, blocks, data_path, jobs, progress, allow_nonfinite)
@@ -358,3 +374,36 @@ def _run_parallel(
                 if progress is not None:
                     progress(n)
         return [f.result() for f in futures]
+
+
+def _scheduled_block(
+    seeds: list[int], url: str, pop: Population, data_path: str | None, allow_nonfinite: bool
+) -> pd.DataFrame:
+    """One block on a Dask worker: open the store, train, commit (as in-process)."""
+    return train_block(Store.open(url), pop, seeds, data_path, None, allow_nonfinite)
+
+
+def _run_scheduled(
+    store: Store,
+    pop: Population,
+    blocks: list[list[int]],
+    data_path: str | None,
+    sched: schedmod.Scheduler,
+    progress: Callable[[int], None] | None,
+    allow_nonfinite: bool,
+) -> list[pd.DataFrame]:
+    """Blocks on Dask workers (:mod:`bnnctl.scheduler`), one task each; the worker
+    commits its block. ``progress`` advances by a block's model-epochs as it finishes."""
+
+    def done(i: int, rows: pd.DataFrame) -> None:
+        if progress is not None:
+            progress(len(blocks[i]) * pop.config.epochs)
+
+    with schedmod.connect(sched) as cluster:
+        return cluster.map(
+            _scheduled_block,
+            [(b,) for b in blocks],
+            (schedmod.location(store), pop, data_path, allow_nonfinite),
+            done,
+            lambda i: f"block {pop.name}/s{blocks[i][0]:06d}-{blocks[i][-1]:06d}",
+        )

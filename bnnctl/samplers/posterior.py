@@ -70,8 +70,11 @@ class LogPosterior:
         dtype: torch.dtype = torch.float32,
     ) -> LogPosterior:
         """The posterior of ``arch`` on the training split of ``ds``."""
-        x = torch.from_numpy(ds.x_train).to(dtype)
-        y = torch.from_numpy(ds.y_train)
+        # Copies into torch's 64-byte-aligned memory: MKL's rounding can depend on the
+        # inputs' alignment, which a numpy array (e.g. one unpickled on a Dask worker)
+        # does not fix, and chains must not depend on where they run.
+        x = torch.tensor(ds.x_train, dtype=dtype)
+        y = torch.tensor(ds.y_train)
         y = y.to(dtype) if y.is_floating_point() else y
         return cls(arch, for_task(ds.task, noise_std), x, y, prior_var, temperature)
 

@@ -462,9 +462,10 @@ class Store:
 
     # --- checks ------------------------------------------------------------------
 
-    def verify(self) -> list[Problem]:
-        """Every problem :func:`bnnctl.store.verify.verify` finds (empty when sound)."""
-        return verify(self)
+    def verify(self, scheduler: str | None = None) -> list[Problem]:
+        """Every problem :func:`bnnctl.store.verify.verify` finds (empty when sound);
+        ``scheduler`` re-hashes the arrays on Dask workers."""
+        return verify(self, scheduler)
 
     def orphan_arrays(self) -> list[str]:
         """Params arrays no manifest row names (see :func:`bnnctl.store.verify.orphan_arrays`)."""
