@@ -252,10 +252,11 @@ def run(*args):
     return CliRunner().invoke(app, ["sample", *map(str, args)])
 
 
-def test_digits_last_layer_kron_keeps_accuracy(store_copy):
+def test_digits_last_layer_kron_keeps_accuracy(store_copy, laplace_torch):
     """8 digits MLPs after 5 epochs of Adam (~90 % test accuracy, not MAPs), 10 draws
     each, default settings: the diagonal GGN Laplace (prior var 1) collapses, last-layer
-    KFAC with the marglik prior stays within a few points of the checkpoints."""
+    KFAC with the marglik prior stays within a few points of the checkpoints. The rows'
+    ``prior_var`` is each chain's fitted 1/δ: laplace-torch's evidence maximum."""
     for method in ("laplace", "laplace_ll"):
         res = run(
             *("--method", method, "--from", "kind == 'train'", "--samples", 10),
@@ -280,3 +281,24 @@ def test_digits_last_layer_kron_keeps_accuracy(store_copy):
     body = ArchSpec((64, 32, 32, 10)).n_params - 32 * 10 - 10
     drawn, start = store.read_params(one), store.read_params(parent)[0]
     assert (drawn[:, :body] == start[:body]).all() and (drawn[:, body:] != start[body:]).all()
+
+    fitted = df[df["method"].str.startswith("laplace_ll")].groupby("chain")["prior_var"]
+    assert (fitted.nunique() == 1).all() and fitted.first().nunique() == 8  # one per model
+    from torch.utils.data import DataLoader, TensorDataset
+
+    arch = ArchSpec((64, 32, 32, 10))
+    net = modules.build(arch)
+    net.load_state_dict(arch.state_dict(torch.from_numpy(start)))
+    data = store.load_data(parent["data"].iloc[0])
+    x, y = torch.from_numpy(data.x_train).float(), torch.from_numpy(data.y_train).long()
+    la = laplace_torch.Laplace(
+        net.eval(), "classification", subset_of_weights="last_layer", hessian_structure="kron"
+    )
+    la.fit(DataLoader(TensorDataset(x, y), batch_size=len(x)))
+
+    def neg(ld):
+        prec = torch.tensor([math.exp(ld)])
+        return -la.log_marginal_likelihood(prior_precision=prec).item()
+
+    best = minimize_scalar(neg, bounds=(-15, 15), method="bounded", options={"xatol": 1e-8}).x
+    np.testing.assert_allclose(fitted.first()[0], math.exp(-best), rtol=1e-3)

@@ -575,8 +575,11 @@ def _segment(
         params, rows = _add_summary(plan, c0, sampler, state, params, rows)
     if not rows:
         return state, None
+    fitted = getattr(state, "prior_var", None)  # laplace_ll fits 1/δ per chain
     for r in rows:
         r["wall_time_s"] = (time.perf_counter() - t0) / len(rows)
+        if fitted is not None and len(fitted):
+            r["prior_var"] = float(fitted[r["chain"] - c0])
     _save(store, plan, chains, state, k1)
     block = store.commit_block(
         _array_path(plan, chains, seg), params.numpy(), "float32", plan.arch, rows
