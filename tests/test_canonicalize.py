@@ -74,7 +74,7 @@ def test_function_is_preserved_for_every_activation(zoo, tmp_path):
         assert (diff <= 1e-5 * b.abs().amax((1, 2))).all()
         assert np.allclose(new["max_logit_diff"], diff.numpy(), atol=1e-6)
         t = json.loads(new["transform"].iloc[0])
-        assert t["symmetries"] == list(arch.symmetries) and t["key"] == "pc"
+        assert t["symmetries"] == list(arch.symmetries) and t["key"] == "mean"
         assert (
             t["mass_counted"] == ["0.weight", "2.weight", "4.weight"]
             and not t["output_layer_permuted"]

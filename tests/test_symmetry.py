@@ -225,4 +225,4 @@ def test_defaults_follow_the_activation():
     assert make_transform(ArchSpec((2, 3, 1), "tanh")).symmetries == ("perm", "sign")
     assert make_transform(ArchSpec((2, 3, 1), "gelu")).symmetries == ("perm",)
     t = make_transform(ArchSpec((2, 3, 1)))
-    assert t == Transform("canonical", ("perm", "scale"), "pc", "l2", None)
+    assert t == Transform("canonical", ("perm", "scale"), "mean", "l2", None)
