@@ -75,7 +75,7 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
         f"{ctx.pick(2, 20)}."
     )
     ctx.note(
-        "modes_after: canonical forms (perm, key pc, + scale to the L2 minimum); "
+        "modes_after: canonical forms (perm, key mean, + scale to the L2 minimum); "
         f"modes_after_alignment: every model weight-matched (align_to) to {ref}; "
         "perm_only / scale_only: canonicalize with that symmetry alone."
     )

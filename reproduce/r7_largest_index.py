@@ -73,7 +73,7 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     ctx.log(f"training a deep ensemble of {g}")
     cfg = TrainConfig(lr=1e-2, weight_decay=wd, epochs=ctx.pick(20, 100), batch_size=100)
     train(store, ds, cfg, seeds=range(g), arch=arch, population="de", block_size=256)
-    canonicalize(store)  # default: perm (key pc) + scale to the L2 minimum
+    canonicalize(store)  # default: perm (key mean) + scale to the L2 minimum
     man = store.manifest()
 
     def idx(where: str) -> np.ndarray:
