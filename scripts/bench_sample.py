@@ -11,9 +11,12 @@ versus the same chains run one at a time, measured in one run on the default MLP
 A gradient evaluation is one chain's ∇U on one minibatch (SGHMC, batch 128) or on the
 full training set (HMC: one leapfrog step). Prints grad evals/s for (a), (a') and (b),
 the speedups b/a and b/a', and (b)'s fraction of the sgemm roofline (matmul FLOPs per
-evaluation). Numbers from one run only: the machine is shared, so rerun to compare.
+evaluation). The run is split into ``--rounds`` rounds, each timing a share of (a), (a'),
+(b) and (c) in turn, so that a change in the shared machine's load hits all of them; each
+ratio is the median of its per-round values, each rate the total evals over the total time.
 
     python scripts/bench_sample.py                 # SGHMC, ~1 min
+    python scripts/bench_sample.py --method sgld
     python scripts/bench_sample.py --method hmc
     python scripts/bench_sample.py --quick
 """
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -38,24 +42,28 @@ def flops_per_eval(arch: ArchSpec, points: int) -> float:
     return 2.0 * points * (2 * sum(macs) + sum(macs[1:]))
 
 
-def rate(sampler, p: int, chains: int, updates: int, evals_per_update: int, seed: int) -> float:
-    """Gradient evaluations per second of ``updates`` updates on ``chains`` stacked chains."""
-    gens = [torch.Generator().manual_seed(seed + k) for k in range(chains)]
-    start = torch.stack([torch.randn(p, generator=g) * 0.1 for g in gens])
-    state = sampler.init(start, gens)
-    state = sampler.update(state)  # warm-up
+def start(sampler, p: int, chains: range):
+    """The stacked chains ``chains`` (seeded by index), initialised and warmed up."""
+    gens = [torch.Generator().manual_seed(k) for k in chains]
+    state = sampler.init(torch.stack([torch.randn(p, generator=g) * 0.1 for g in gens]), gens)
+    return sampler.update(state)  # warm-up
+
+
+def run(sampler, state, updates: int):
+    """``updates`` updates of ``state``; returns the state and the seconds taken."""
     t0 = time.perf_counter()
     for _ in range(updates):
         state = sampler.update(state)
-    return chains * updates * evals_per_update / (time.perf_counter() - t0)
+    return state, time.perf_counter() - t0
 
 
-def plain_rate(arch: ArchSpec, ds, method: str, chains: int, updates: int, leapfrog: int) -> float:
-    """Grad evals/s of the ordinary loop: one nn.Module per chain, autograd gradients."""
+def plain_time(arch: ArchSpec, ds, method: str, chains: range, updates: int, leapfrog: int):
+    """(grad evals, seconds) of the ordinary loop: one nn.Module per chain, autograd
+    gradients, the same update written with torch ops."""
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     n, lr, alpha, prior_var = len(x), 1e-5, 0.05, 0.2
     evals, t0 = 0, time.perf_counter()
-    for k in range(chains):
+    for k in chains:
         g = torch.Generator().manual_seed(k)
         layers = []
         for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
@@ -80,6 +88,13 @@ def plain_rate(arch: ArchSpec, ds, method: str, chains: int, updates: int, leapf
                             m.sub_(gr, alpha=1e-4)
                             p.add_(m, alpha=1e-4)
                     evals += 1
+            elif method == "sgld":
+                _, grads = grad_u(torch.randint(n, (128,), generator=g))
+                with torch.no_grad():
+                    for p, gr in zip(params, grads, strict=True):
+                        noise = torch.randn(p.shape, generator=g) * (2 * lr) ** 0.5
+                        p.sub_(gr, alpha=lr).add_(noise)
+                evals += 1
             else:
                 _, grads = grad_u(torch.randint(n, (128,), generator=g))
                 with torch.no_grad():
@@ -88,7 +103,7 @@ def plain_rate(arch: ArchSpec, ds, method: str, chains: int, updates: int, leapf
                         m.mul_(1 - alpha).sub_(gr, alpha=lr).add_(noise)
                         p.add_(m)
                 evals += 1
-    return evals / (time.perf_counter() - t0)
+    return evals, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -100,6 +115,7 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=64)
     ap.add_argument("--updates", type=int, default=60, help="updates of the stacked chains")
     ap.add_argument("--single-updates", type=int, default=15, help="updates of each lone chain")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
@@ -118,14 +134,35 @@ def main() -> None:
     per_update = leapfrog if args.method == "hmc" else 1
     points = ds.x_train.shape[0] if args.method == "hmc" else cfg.batch_size
 
-    plain = plain_rate(arch, ds, args.method, chains, single, leapfrog)
-    lone_t0 = time.perf_counter()
-    lone_rates = [rate(sampler, arch.n_params, 1, single, per_update, k) for k in range(chains)]
-    lone = chains * single * per_update / sum(single * per_update / r for r in lone_rates)
-    lone_wall = time.perf_counter() - lone_t0
-    together = rate(sampler, arch.n_params, chains, updates, per_update, 0)
-    peak = sgemm_gflops(512 if args.quick else 2048, 3 if args.quick else 20)
-    gflops = together * flops_per_eval(arch, points) / 1e9
+    rounds = 1 if args.quick else max(1, min(args.rounds, chains, updates))
+    flops = flops_per_eval(arch, points)
+    state = start(sampler, arch.n_params, range(chains))
+    plain_s = lone_s = together_s = 0.0
+    plain_evals = lone_evals = together_evals = 0
+    ratio_plain, ratio_lone, roof = [], [], []
+    peaks = []
+    for r in range(rounds):
+        ks = range(r * chains // rounds, (r + 1) * chains // rounds)
+        ups = (r + 1) * updates // rounds - r * updates // rounds
+        pe, ps = plain_time(arch, ds, args.method, ks, single, leapfrog)
+        le, ls = 0, 0.0
+        for k in ks:
+            _, dt = run(sampler, start(sampler, arch.n_params, range(k, k + 1)), single)
+            le, ls = le + single * per_update, ls + dt
+        state, ts = run(sampler, state, ups)
+        te = chains * ups * per_update
+        peak = sgemm_gflops(512 if args.quick else 2048, 3 if args.quick else 10)
+        ratio_plain.append((te / ts) / (pe / ps))
+        ratio_lone.append((te / ts) / (le / ls))
+        roof.append(te / ts * flops / 1e9 / peak)
+        peaks.append(peak)
+        plain_evals, plain_s = plain_evals + pe, plain_s + ps
+        lone_evals, lone_s = lone_evals + le, lone_s + ls
+        together_evals, together_s = together_evals + te, together_s + ts
+    plain, lone = plain_evals / plain_s, lone_evals / lone_s
+    together = together_evals / together_s
+    peak = statistics.median(peaks)
+    gflops = together * flops / 1e9
     out = {
         "method": args.method,
         "chains": chains,
@@ -134,13 +171,17 @@ def main() -> None:
         "plain_one_at_a_time_evals_per_s": round(plain, 1),
         "bnnctl_one_at_a_time_evals_per_s": round(lone, 1),
         "together_evals_per_s": round(together, 1),
-        "speedup": round(together / plain, 2),
-        "speedup_vs_bnnctl_single": round(together / lone, 2),
+        "speedup": round(statistics.median(ratio_plain), 2),
+        "speedup_vs_bnnctl_single": round(statistics.median(ratio_lone), 2),
         "together_gflops": round(gflops, 1),
         "sgemm_gflops": round(peak, 1),
-        "roofline_fraction": round(gflops / peak, 3),
+        "roofline_fraction": round(statistics.median(roof), 3),
+        "rounds": rounds,
+        "speedup_per_round": [round(v, 2) for v in ratio_plain],
+        "speedup_vs_bnnctl_single_per_round": [round(v, 2) for v in ratio_lone],
+        "roofline_fraction_per_round": [round(v, 3) for v in roof],
         "threads": torch.get_num_threads(),
-        "one_at_a_time_wall_s": round(lone_wall, 2),
+        "one_at_a_time_wall_s": round(lone_s, 2),
     }
     if args.json:
         print(json.dumps(out))
@@ -153,10 +194,11 @@ def main() -> None:
     print(f"  (a') one at a time, bnnctl sampler M=1   : {lone:9.1f} grad evals/s")
     print(
         f"  (b)  together, bnnctl sampler M={chains:<3}     : {together:9.1f} grad evals/s  "
-        f"({gflops:.1f} GFLOP/s, {100 * gflops / peak:.0f} % of sgemm {peak:.0f} GFLOP/s)"
+        f"({gflops:.1f} GFLOP/s; sgemm {peak:.0f} GFLOP/s)"
     )
-    print(f"  speedup b/a  : {together / plain:6.2f} x")
-    print(f"  speedup b/a' : {together / lone:6.2f} x")
+    print(f"  speedup b/a  : {out['speedup']:6.2f} x   (median of {rounds} rounds)")
+    print(f"  speedup b/a' : {out['speedup_vs_bnnctl_single']:6.2f} x")
+    print(f"  roofline     : {100 * out['roofline_fraction']:6.1f} % of sgemm")
 
 
 if __name__ == "__main__":
