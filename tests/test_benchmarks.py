@@ -57,3 +57,9 @@ def test_bench_keys_quick():
     assert forms["weight matching to a medoid"]["distance_vs_matching"] == 1.0
     assert {"pc", "mean", "scale only (no perm)"} <= set(forms)
     assert 0 <= out["pc_layer2_flipped_share"] <= 0.5
+
+
+def test_bench_canonicalize_e2e_quick():
+    out = json.loads(quick("bench_canonicalize_e2e.py", "--json"))
+    assert out["models"] == 64 and out["models_per_s"] > 0
+    assert out["stages_s"]["read params (with sha256)"] > 0 and out["stages_s"]["report: whole"] > 0
