@@ -66,12 +66,40 @@ class UnitGroup:
     ``incoming`` are (tensor name, axis) pairs indexed by the unit on the producing side
     (the layer's weight rows and bias); ``outgoing`` are those indexed by the unit on the
     consuming side (the next layer's weight columns).
+
+    The optional fields describe convolutional structure (all default to an MLP layer):
+
+    - ``views``: ``(name, shape)``: for this group, tensor ``name`` is seen as ``[M, *shape]``
+      (a view) and its pairs' axes refer to that shape; e.g. a Linear after flattening a
+      ``C x H x W`` map, ``[out, C*H*W]`` seen as ``[out, C, H*W]`` with the unit on axis 1.
+    - ``blocks``: the units form ``blocks`` contiguous equal blocks; a unit moves only
+      within its block (grouped convolutions).
+    - ``diag``: names whose (viewed) axis 0 enumerates the blocks, the unit being block
+      ``b`` and index ``j`` within it on the pair's axis (a grouped conv's weight
+      ``[G, out/G, in/G, k, k]``: input channel ``b·in/G + j`` meets only rows of group ``b``).
+    - ``block_moves``: whether whole blocks may also be permuted (with every unit's
+      slices), carrying ``carried``: ``(name, axis)`` pairs whose axis is cut into
+      ``blocks`` contiguous equal parts that move with the blocks (the grouped layer's
+      bias and what its outputs feed).
     """
 
     layer: int
     size: int
     incoming: tuple[tuple[str, int], ...]
     outgoing: tuple[tuple[str, int], ...]
+    blocks: int = 1
+    block_moves: bool = True
+    carried: tuple[tuple[str, int], ...] = ()
+    views: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    diag: tuple[str, ...] = ()
+
+    def view_shape(self, name: str) -> tuple[int, ...] | None:
+        """The shape tensor ``name`` is seen as for this group, or None (as stored)."""
+        return dict(self.views).get(name)
+
+    def plain(self, name: str) -> bool:
+        """Whether ``name`` is indexed by unit on a plain axis of its stored shape."""
+        return name not in self.diag and self.view_shape(name) is None
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,13 @@ permutations, scalings and signs generically from that, to ``M`` models at once 
 as one model-major ``[M, P]`` float64 tensor (Laurent et al., ICLR 2024; Ainsworth et
 al., Git Re-Basin, ICLR 2023).
 
+The same code canonicalises CNNs (:class:`bnnctl.arch.ConvSpec`): a conv channel is a
+unit whose slices are whole kernels (masses sum their spatial elements), a Linear after
+a flatten is seen as ``[out, C, H·W]``, and a grouped conv's units come in ``blocks``:
+each layer is sorted within its blocks, then whole blocks are ordered by their sorted
+keys (:func:`.sorting.block_sort_order`), carrying what the blocks feed. Dead-unit
+folding (step 0) is MLP-only.
+
 Canonical form, in this order:
 
 0. **dead units** (with scale): a unit whose incoming or outgoing weights are all zero

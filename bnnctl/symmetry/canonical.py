@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch
 from bnnctl.symmetry.scaling import count_dead, dead_units_, scale_l2_, scale_unitnorm_, signs_
 from bnnctl.symmetry.sorting import sort_
 from bnnctl.symmetry.transform import DEFAULT_KEY, Transform
@@ -28,7 +28,7 @@ class Canonical:
     sweeps: int  # scaling sweeps (0 when not solved)
 
 
-def canonicalize(arch: ArchSpec, flat: torch.Tensor, transform: Transform) -> Canonical:
+def canonicalize(arch: AnyArch, flat: torch.Tensor, transform: Transform) -> Canonical:
     """The canonical representative of each model's symmetry orbit (see module doc).
     ``flat`` is ``[M, P]``; computed in float64 on a copy."""
     x = flat.to(torch.float64, copy=True).contiguous()

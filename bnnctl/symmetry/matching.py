@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bnnctl.arch import ArchSpec
-from bnnctl.symmetry.action import permute_, tensor_sum, unit_rows
+from bnnctl.arch import AnyArch
+from bnnctl.errors import UsageError
+from bnnctl.symmetry.action import pair_rows, permute_, tensor_sum
 
 ALIGN_MAX_ITER = 100
 
@@ -15,7 +16,7 @@ ALIGN_MAX_ITER = 100
 
 
 def weight_match(
-    arch: ArchSpec, flat: torch.Tensor, ref: torch.Tensor, max_iter: int = ALIGN_MAX_ITER
+    arch: AnyArch, flat: torch.Tensor, ref: torch.Tensor, max_iter: int = ALIGN_MAX_ITER
 ) -> tuple[torch.Tensor, list[torch.Tensor], int]:
     """Permute each model's hidden units to best match ``ref [P]`` (Ainsworth et al.,
     2023, weight matching): for each layer in turn, the permutation maximising
@@ -29,6 +30,8 @@ def weight_match(
 
     x = flat.to(torch.float64, copy=True).contiguous()
     m, groups = x.shape[0], arch.unit_groups()
+    if any(g.blocks > 1 for g in groups):  # an assignment would move units across blocks
+        raise UsageError(f"weight matching of {arch.name} (grouped convolutions) is not supported")
     v = arch.views(x)
     rv = arch.views(ref.to(torch.float64).reshape(1, -1).contiguous())
     total = [torch.arange(g.size).expand(m, -1).clone() for g in groups]
@@ -39,7 +42,7 @@ def weight_match(
             # matched yet): it recovers an exact permuted copy of ref in one pass
             pairs = g.incoming if sweep == 0 else g.incoming + g.outgoing
             cost = tensor_sum(  # every unit group has incoming tensors
-                torch.matmul(unit_rows(rv[n], a), unit_rows(v[n], a).transpose(1, 2))
+                torch.matmul(pair_rows(rv, g, n, a), pair_rows(v, g, n, a).transpose(1, 2))
                 for n, a in pairs
             ).numpy()  # [M, n_ref, n_model]
             perm = np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost])

@@ -8,9 +8,16 @@ from dataclasses import dataclass
 
 import torch
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch, ArchSpec, UnitGroup
 from bnnctl.errors import CheckError, UsageError
-from bnnctl.symmetry.action import flip_, reduce_except, scale_, tensor_sum, unit_mass
+from bnnctl.symmetry.action import (
+    flip_,
+    group_view,
+    reduce_except,
+    scale_,
+    tensor_sum,
+    unit_mass,
+)
 from bnnctl.symmetry.transform import SCALE_MAX_SWEEPS, SCALE_TOL, mass_tensors
 
 # --- scaling --------------------------------------------------------------------------
@@ -31,21 +38,50 @@ class _Role:
         self.col_sums = self.q.sum(1) if self.row is None else None
 
 
-def _roles(arch: ArchSpec, v: dict[str, torch.Tensor]) -> list[_Role]:
+def _roles(arch: AnyArch, v: dict[str, torch.Tensor]) -> list[_Role]:
     groups = arch.unit_groups()
     roles = []
     for name in mass_tensors(arch):
         row = [i for i, g in enumerate(groups) for n, a in g.incoming if n == name]
-        col = [i for i, g in enumerate(groups) for n, a in g.outgoing if n == name]
-        axes = {a for g in groups for n, a in g.incoming if n == name} | {
-            a + 10 for g in groups for n, a in g.outgoing if n == name
-        }
+        col = [(i, a) for i, g in enumerate(groups) for n, a in g.outgoing if n == name]
+        axes = {a for g in groups for n, a in g.incoming if n == name}
+        plain_cols = all(groups[i].plain(name) for i, _ in col)
+        if plain_cols:
+            axes |= {a + 10 for _, a in col}
         if len(row) > 1 or len(col) > 1 or not axes <= {0, 11}:
             raise UsageError(
                 f"scaling needs units on weight rows (in) and columns (out); {name} is not"
             )
-        roles.append(_Role(v[name].pow(2), row[0] if row else None, col[0] if col else None))
+        if plain_cols:
+            q = v[name].pow(2)
+            if q.dim() > 3:  # a conv kernel: its spatial elements summed
+                q = q.sum(tuple(range(3, q.dim())))
+        else:
+            q = _mass_matrix(v, groups[col[0][0]], name, col[0][1])
+        roles.append(_Role(q, row[0] if row else None, col[0][0] if col else None))
     return roles
+
+
+def _mass_matrix(
+    v: dict[str, torch.Tensor], group: UnitGroup, name: str, axis: int
+) -> torch.Tensor:
+    """``[M, rows, units]``: squared mass of tensor ``name`` per (row of its stored axis
+    0, unit of ``group``), for a pair that is not plain: a Linear seen as ``[out, C, H*W]``
+    after a flatten, or a grouped conv's block-diagonal ``[G, out/G, in/G, k, k]``."""
+    t = group_view(v, group, name).pow(2)
+    m = t.shape[0]
+    if name not in group.diag:
+        if t.shape[1] != v[name].shape[1]:
+            raise UsageError(f"scaling needs {name}'s rows on its first axis")
+        dims = [d for d in range(2, t.dim()) if d != axis + 1]
+        return t.sum(dims) if dims else t
+    dims = [d for d in range(3, t.dim()) if d != axis + 1]
+    q = t.sum(dims) if dims else t  # [M, G, out/G, in/G]
+    nb, rb, cb = q.shape[1], q.shape[2], q.shape[3]
+    dense = q.new_zeros(m, nb, rb, nb, cb)
+    for b in range(nb):
+        dense[:, b, :, b, :] = q[:, b]
+    return dense.reshape(m, nb * rb, nb * cb)
 
 
 def _weighted(role: _Role, s: list[torch.Tensor], side: str) -> torch.Tensor:
@@ -73,7 +109,7 @@ def vecmat(x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
 
 
 def l2_log_scales(
-    arch: ArchSpec, flat: torch.Tensor, tol: float = SCALE_TOL, max_sweeps: int = SCALE_MAX_SWEEPS
+    arch: AnyArch, flat: torch.Tensor, tol: float = SCALE_TOL, max_sweeps: int = SCALE_MAX_SWEEPS
 ) -> tuple[list[torch.Tensor], int]:
     """Log-scales ``[M, n_l]`` per hidden layer that minimise the L2 mass, and the
     number of sweeps. Each sweep sets every layer in turn to its exact optimum given
@@ -98,7 +134,7 @@ def l2_log_scales(
     raise CheckError(f"scaling solve did not converge to {tol:g} in {max_sweeps} sweeps")
 
 
-def balance(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
+def balance(arch: AnyArch, flat: torch.Tensor) -> list[torch.Tensor]:
     """Per hidden layer ``[M, n]``: log(incoming / outgoing counted mass) of each unit;
     zero at the L2 optimum (the gradient of the mass in log-scales is 2·(in − out))."""
     v, counted = arch.views(flat), set(mass_tensors(arch))
@@ -109,7 +145,7 @@ def balance(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
 
 
 def scale_l2_(
-    arch: ArchSpec, flat: torch.Tensor, tol: float = SCALE_TOL
+    arch: AnyArch, flat: torch.Tensor, tol: float = SCALE_TOL
 ) -> tuple[list[torch.Tensor], int]:
     """Move ``flat`` in place to the minimum-L2-mass point of its scaling orbit."""
     s, sweeps = l2_log_scales(arch, flat, tol)
@@ -119,7 +155,7 @@ def scale_l2_(
     return s, sweeps
 
 
-def scale_unitnorm_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
+def scale_unitnorm_(arch: AnyArch, flat: torch.Tensor) -> list[torch.Tensor]:
     """Scale each unit's incoming weight vector to L2 norm 1, layer by layer from the
     input (so each layer sees its inputs already normalised). Zero vectors stay."""
     v, counted, out = arch.views(flat), set(mass_tensors(arch)), []
@@ -134,7 +170,7 @@ def scale_unitnorm_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
 # --- dead units -----------------------------------------------------------------------
 
 
-def dead_units_(arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
+def dead_units_(arch: AnyArch, flat: torch.Tensor) -> torch.Tensor:
     """Give dead hidden units (all incoming or all outgoing weights zero) a defined
     form, in place; returns their number per model ``[M]``. Their scaling orbits have
     no minimum-L2 point (the mass falls without bound along them), so each is put at
@@ -148,7 +184,14 @@ def dead_units_(arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
 
     A fold can leave units of the next layer without inputs, so the first pass runs
     from the input; zeroing a unit's incoming weights can leave units of the layer
-    below without outputs, so the second runs back from the output."""
+    below without outputs, so the second runs back from the output.
+
+    MLPs only: for a :class:`~bnnctl.arch.ConvSpec` nothing is done and 0 returned (a
+    conv channel's constant output would fold into a spatially varying next layer,
+    which a bias cannot hold; dead conv channels keep scale 1 in :func:`scale_l2_`, so
+    their canonical form is not defined)."""
+    if not isinstance(arch, ArchSpec):
+        return torch.zeros(flat.shape[0], dtype=torch.int64)
     v, layers, groups = arch.views(flat), arch.unflatten(flat), arch.unit_groups()
     if not has_zero_weight(layers):
         return torch.zeros(flat.shape[0], dtype=torch.int64)
@@ -183,8 +226,11 @@ def has_zero_weight(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
     return not all(w.numpy().all() for w, _ in layers)
 
 
-def count_dead(arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
-    """``[M]``: the dead units :func:`dead_units_` finds, ``flat`` unchanged."""
+def count_dead(arch: AnyArch, flat: torch.Tensor) -> torch.Tensor:
+    """``[M]``: the dead units :func:`dead_units_` finds, ``flat`` unchanged (0 for a
+    conv arch, as there)."""
+    if not isinstance(arch, ArchSpec):
+        return torch.zeros(flat.shape[0], dtype=torch.int64)
     if not has_zero_weight(arch.unflatten(flat)):
         return torch.zeros(flat.shape[0], dtype=torch.int64)
     return dead_units_(arch, flat.to(torch.float64, copy=True).contiguous())
@@ -193,7 +239,7 @@ def count_dead(arch: ArchSpec, flat: torch.Tensor) -> torch.Tensor:
 # --- signs ----------------------------------------------------------------------------
 
 
-def signs_(arch: ArchSpec, flat: torch.Tensor) -> list[torch.Tensor]:
+def signs_(arch: AnyArch, flat: torch.Tensor) -> list[torch.Tensor]:
     """Flip units (odd activations) so that Σ_i W[j,i] + b_j ≥ 0, layer by layer."""
     v, out = arch.views(flat), []
     for g in arch.unit_groups():

@@ -8,8 +8,8 @@ from functools import partial
 
 import torch
 
-from bnnctl.arch import ArchSpec, UnitGroup
-from bnnctl.symmetry.action import permute_, unit_mass, unit_rows
+from bnnctl.arch import AnyArch, UnitGroup
+from bnnctl.symmetry.action import pair_rows, permute_, unit_mass
 from bnnctl.symmetry.scaling import matvec
 from bnnctl.symmetry.transform import (
     DEFAULT_KEY,
@@ -26,14 +26,14 @@ from bnnctl.symmetry.transform import (
 def unit_keys(v: dict[str, torch.Tensor], group: UnitGroup, key: str, counted: set[str]):
     """Primary and tie-break keys ``[M, n]`` of a layer's units."""
     bias = [v[n] for n, a in group.incoming if v[n].dim() == 2]
-    w_in = [(v[n], a) for n, a in group.incoming if n in counted]
+    w_in = [(n, a) for n, a in group.incoming if n in counted]
     tie = bias[0] if bias else unit_mass(v, group, "in", counted)
     if key == "mass":
         return unit_mass(v, group, "in", counted) + unit_mass(v, group, "out", counted), tie
     if key == "pc":
-        return principal_key(torch.cat([unit_rows(w, a) for w, a in w_in], 2)), tie
-    w, a = w_in[0]
-    rows = w.movedim(a + 1, 1).flatten(2)  # [M, n, fan_in]
+        return principal_key(torch.cat([pair_rows(v, group, n, a) for n, a in w_in], 2)), tie
+    n0, a0 = w_in[0]
+    rows = pair_rows(v, group, n0, a0)  # [M, n, fan_in]
     if key == "weight0":
         return rows[:, :, 0], tie
     if key == "mean":
@@ -115,7 +115,7 @@ def outgoing_rows(v: dict[str, torch.Tensor], group: UnitGroup, hidden: set[str]
     one is sorted, are sorted by value (descending)."""
     parts = []
     for name, axis in group.outgoing:
-        rows = unit_rows(v[name], axis)
+        rows = pair_rows(v, group, name, axis)
         parts.append(torch.sort(rows, 2, descending=True).values if name in hidden else rows)
     return torch.cat(parts, 2)
 
@@ -128,19 +128,87 @@ def near_ties(sorted_keys: torch.Tensor, rtol: float = TIE_RTOL) -> torch.Tensor
 
 
 def sort_(
-    arch: ArchSpec, flat: torch.Tensor, key: str = DEFAULT_KEY
+    arch: AnyArch, flat: torch.Tensor, key: str = DEFAULT_KEY
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sort each hidden layer's units in place, layer by layer from the input (each
     layer's permutation is applied to the next layer's inputs before its keys are
-    taken); exact ties fall to the outgoing weights (:func:`sort_order`). Returns the
-    permutations and the near-tie count per model."""
+    taken); exact ties fall to the outgoing weights (:func:`sort_order`). Units in
+    ``blocks`` are sorted within their block, then whole blocks ordered
+    (:func:`block_sort_order`). Returns the permutations and the near-tie count per
+    model."""
     v, counted, groups = arch.views(flat), set(mass_tensors(arch)), arch.unit_groups()
     hidden = {n for g in groups for n, _ in g.incoming}  # tensors into hidden units
     perms, ties = [], torch.zeros(flat.shape[0], dtype=torch.int64)
     for g in groups:
         primary, tie = unit_keys(v, g, key, counted)
-        perm = sort_order(primary, tie, partial(outgoing_rows, v, g, hidden))
-        ties += near_ties(torch.gather(primary, 1, perm))
+        outgoing = partial(outgoing_rows, v, g, hidden)
+        if g.blocks > 1:
+            perm, n_ties = block_sort_order(g, primary, tie, outgoing)
+            ties += n_ties
+        else:
+            perm = sort_order(primary, tie, outgoing)
+            ties += near_ties(torch.gather(primary, 1, perm))
         permute_(v, g, perm)
         perms.append(perm)
     return perms, ties
+
+
+def block_sort_order(
+    group: UnitGroup,
+    primary: torch.Tensor,
+    tie: torch.Tensor,
+    outgoing: Callable[[], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([M, n] permutation, [M] near ties)`` for units in ``group.blocks`` blocks:
+    each block sorted on its own as :func:`sort_order` does (units never leave it),
+    then, with ``block_moves``, whole blocks ordered by their sorted quantised keys
+    (primary keys position by position, then tie keys), descending, lexicographically.
+    Keys are quantised against the whole layer's largest |key|, as without blocks."""
+    m, n, nb = primary.shape[0], primary.shape[1], group.blocks
+    bs = n // nb
+    qp, qt = quantise(primary), quantise(tie)
+
+    def per_block(k: torch.Tensor) -> torch.Tensor:
+        return k.reshape(m * nb, bs)
+
+    def out_rows() -> torch.Tensor:
+        out = outgoing()
+        return out.reshape(m * nb, bs, out.shape[2])
+
+    # within each block (rows [M*nb, bs]), on the keys quantised against the whole layer
+    inner = _sort_quantised(per_block(qp), per_block(qt), out_rows).view(m, nb, bs)
+    sorted_p = torch.gather(primary.view(m, nb, bs), 2, inner)
+    gaps = (sorted_p[:, :, :-1] - sorted_p[:, :, 1:]).abs()
+    scale = primary.abs().amax(1).view(m, 1, 1)
+    n_ties = (gaps <= TIE_RTOL * scale).sum((1, 2))
+    if group.block_moves:
+        kp = torch.gather(qp.view(m, nb, bs), 2, inner)
+        kt = torch.gather(qt.view(m, nb, bs), 2, inner)
+        keys = list(kp.unbind(2)) + list(kt.unbind(2))
+        border = lex_order(keys)  # [M, nb]
+        if exact_ties(keys, border).any():  # then by the blocks' outgoing weights
+            out = outgoing()
+            rows = out.view(m, nb, bs, -1)
+            rows = torch.gather(rows, 2, inner.unsqueeze(3).expand_as(rows)).flatten(2)
+            border = lex_order(keys + list(quantise(rows.flatten(1)).view_as(rows).unbind(2)))
+        # blocks whose sorted primary keys are all within the tolerance are a near tie
+        bp = torch.gather(sorted_p, 1, border.unsqueeze(2).expand(m, nb, bs))
+        close = ((bp[:, :-1] - bp[:, 1:]).abs() <= TIE_RTOL * scale).all(2)
+        n_ties = n_ties + close.sum(1)
+    else:
+        border = torch.arange(nb).expand(m, nb)
+    base = (border * bs).unsqueeze(2)  # [M, nb, 1]
+    within = torch.gather(inner, 1, border.unsqueeze(2).expand(m, nb, bs))
+    return (base + within).reshape(m, n), n_ties
+
+
+def _sort_quantised(
+    qp: torch.Tensor, qt: torch.Tensor, outgoing: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """:func:`sort_order` on keys already quantised (rows = blocks)."""
+    keys = [qp, qt]
+    order = lex_order(keys)
+    if not exact_ties(keys, order).any():
+        return order
+    out = outgoing()
+    return lex_order(keys + list(quantise(out.flatten(1)).view_as(out).unbind(2)))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch
 from bnnctl.errors import UsageError
 
 SYMMETRIES = ("perm", "scale", "sign")
@@ -75,10 +75,12 @@ class Transform:
             sort_keys=True,
         )
 
-    def to_json(self, arch: ArchSpec) -> str:
+    def to_json(self, arch: AnyArch) -> str:
         """Full record: the spec plus which tensors are counted, rescaled and permuted."""
         weights, biases = mass_tensors(arch), [t.name for t in arch.layout if len(t.shape) == 1]
-        hidden = sorted({n for g in arch.unit_groups() for n, _ in g.incoming + g.outgoing})
+        hidden = sorted(
+            {n for g in arch.unit_groups() for n, _ in g.incoming + g.outgoing + g.carried}
+        )
         d = json.loads(self.spec_json())
         d.update(
             {
@@ -101,7 +103,7 @@ class Transform:
 
 
 def make_transform(
-    arch: ArchSpec,
+    arch: AnyArch,
     symmetries: Sequence[str] | None = None,
     key: str = DEFAULT_KEY,
     scale_mode: str = "l2",
@@ -144,6 +146,7 @@ def make_transform(
 # --- generic application of a symmetry ----------------------------------------------
 
 
-def mass_tensors(arch: ArchSpec) -> list[str]:
-    """Tensors counted in the L2 mass: the weight matrices (biases are not counted)."""
-    return [t.name for t in arch.layout if len(t.shape) == 2]
+def mass_tensors(arch: AnyArch) -> list[str]:
+    """Tensors counted in the L2 mass: the weight matrices and conv kernels (biases are
+    not counted)."""
+    return [t.name for t in arch.layout if len(t.shape) >= 2]
