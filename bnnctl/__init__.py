@@ -31,7 +31,7 @@ from bnnctl.errors import BnnctlError
 from bnnctl.version import __version__
 
 if TYPE_CHECKING:
-    from bnnctl.arch import ArchSpec
+    from bnnctl.arch import ArchSpec, ConvSpec, parse_arch
     from bnnctl.data import Dataset, load_dataset
     from bnnctl.engines.config import TrainConfig
     from bnnctl.engines.train import train
@@ -39,6 +39,8 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "ArchSpec": "bnnctl.arch",
+    "ConvSpec": "bnnctl.arch",
+    "parse_arch": "bnnctl.arch",
     "Dataset": "bnnctl.data",
     "load_dataset": "bnnctl.data",
     "FORMAT_VERSION": "bnnctl.store",
@@ -51,11 +53,13 @@ __all__ = [
     "FORMAT_VERSION",
     "ArchSpec",
     "BnnctlError",
+    "ConvSpec",
     "Dataset",
     "Store",
     "TrainConfig",
     "__version__",
     "load_dataset",
+    "parse_arch",
     "train",
 ]
 

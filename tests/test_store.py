@@ -26,6 +26,21 @@ def test_schema_files_are_current():
         assert (ROOT / "schemas" / name).read_text() == render(make), f"regenerate schemas/{name}"
 
 
+@pytest.mark.parametrize("arch", ["mlp:64-8-10", "optunet", "lenet5", "cifar_small"])
+def test_arch_schema_accepts_every_kind_and_refuses_malformed_specs(arch):
+    from bnnctl.arch import parse_arch
+
+    schema = json.loads((ROOT / "schemas" / "arch.schema.json").read_text())
+    validator = Draft202012Validator(schema)
+    spec = json.loads(parse_arch(arch).to_json())
+    assert not list(validator.iter_errors(spec))
+    broken = {**spec, "kind": "resnet"}
+    assert list(validator.iter_errors(broken))
+    if spec["kind"] == "cnn":
+        bad_layer = {**spec, "layers": [*spec["layers"], {"op": "batchnorm"}]}
+        assert list(validator.iter_errors(bad_layer))
+
+
 def test_manifest_readable_by_pandas_and_conforms_to_schema(trained_store):
     df = pd.read_parquet(trained_store / "manifest")  # the contract: one call reads it whole
     assert len(df) == 8 and df["model_id"].is_unique

@@ -53,7 +53,8 @@ correct but remove less). The arch's ``symmetries`` are those every hidden layer
 Limits of this first stage: dead conv channels (all-zero kernels) are not folded into
 the next layer (see :func:`bnnctl.symmetry.scaling.dead_units_`); weight matching
 refuses grouped convs; ``forward`` is eval-mode (no dropout) and has no hand-written
-backward (autograd through it).
+backward (autograd through it), so training (:mod:`bnnctl.engines.train`) refuses
+dropout > 0 for conv nets.
 
 Forward
 -------
@@ -89,6 +90,9 @@ if TYPE_CHECKING:
 OPS = ("conv", "linear", "maxpool", "avgpool", "gap", "flatten", "act", "dropout")
 ACT_TOKENS = {"r": "relu", "lr": "leaky_relu", "t": "tanh", "gelu": "gelu"}
 TOKEN_OF_ACT = {v: k for k, v in ACT_TOKENS.items()}
+#: Stacked linear layers with at most this many weights per model run as elementwise
+#: products and sums (one rounding whatever the model's row; see ``ConvSpec.forward``).
+TINY_LINEAR = 1024
 REFUSED = re.compile(r"(bn|batchnorm|frn|ln|layernorm|gn|groupnorm|res|skip)", re.IGNORECASE)
 
 
@@ -314,6 +318,25 @@ class ConvSpec:
             object.__setattr__(self, "name", self.spec_string)
         object.__setattr__(self, "_params", self._check())
 
+    @property
+    def n_inputs(self) -> int:
+        """Input features per point: an image is stored flat, channel-major (C, H, W)."""
+        return math.prod(self.input)
+
+    @property
+    def n_outputs(self) -> int:
+        return next(ly.out for ly in reversed(self.layers) if ly.op in ("linear", "conv"))
+
+    def feature_sizes(self) -> list[int]:
+        """Values per image of each layer's output (input first): what a forward pass
+        holds per image and model (for memory estimates)."""
+        shape: tuple[int, ...] = self.input
+        sizes = [math.prod(shape)]
+        for i, ly in enumerate(self.layers):
+            shape = self._shape_after(ly, shape, f"layer {i + 1}")
+            sizes.append(math.prod(shape))
+        return sizes
+
     # --- construction checks ------------------------------------------------------
 
     def _check(self) -> tuple[_Param, ...]:
@@ -480,11 +503,14 @@ class ConvSpec:
         return {t.name: (t.offset, t.offset + t.size, t.shape) for t in self.layout}
 
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{name: [M, *shape] view}`` into a contiguous model-major ``[M, P]`` tensor."""
-        m = flat.shape[0]
-        return {
-            t.name: flat[:, t.offset : t.offset + t.size].view(m, *t.shape) for t in self.layout
-        }
+        """``{name: [M, *shape] view}`` into a model-major ``[M, P]`` tensor (rows
+        contiguous; columns past ``P``, e.g. padding, are ignored). One ``split``, so
+        autograd assembles the gradient in one pass."""
+        m, layout = flat.shape[0], self.layout
+        sizes = [t.size for t in layout]
+        rest = flat.shape[1] - sum(sizes)
+        parts = flat.split(sizes + [rest] if rest else sizes, dim=1)
+        return {t.name: part.view(m, *t.shape) for t, part in zip(layout, parts, strict=False)}
 
     def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
         """One model's ``[P]`` row as a PyTorch state_dict (copies)."""
@@ -630,10 +656,13 @@ class ConvSpec:
         return math.prod(next(t.shape[1:] for t in self.layout if t.name == wname))
 
     def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Outputs ``[M, B, out]`` of ``M`` stacked models (model-major ``[M, P]``) on a
-        shared input ``x [B, C, H, W]``: the models are the groups of one grouped
-        ``conv2d`` (see the module doc). Dropout is not applied (eval mode). Autograd
-        flows through it.
+        """Outputs ``[M, B, out]`` of ``M`` stacked models (model-major ``[M, P]``;
+        columns past ``P`` are ignored, so the trainer's padded rows can be passed) on
+        ``x``: a shared input, flat ``[B, n_inputs]`` (channel-major, as datasets store
+        images) or ``[B, C, H, W]``; or one minibatch per model, ``[M, B, n_inputs]`` or
+        ``[M, B, C, H, W]`` (the first conv then runs on ``[B, M*C, H, W]`` with
+        ``groups = M*groups``). The models are the groups of one grouped ``conv2d`` (see
+        the module doc). Dropout is not applied (eval mode). Autograd flows through it.
 
         Two exact rewrites make it faster: an ungrouped first conv on the shared input is
         one matmul of the unfolded input with all ``M*out`` filters, giving a
@@ -644,6 +673,7 @@ class ConvSpec:
         import torch.nn.functional as F
 
         v, m = self.views(params), params.shape[0]
+        x, stacked = self._input(x, m)
         pref = {p.index: p for p in self.params}
         order = list(range(len(self.layers)))
         for i in range(len(order) - 1):
@@ -651,7 +681,7 @@ class ConvSpec:
             if la.op == "act" and la.fn in ("relu", "leaky_relu") and lb.op == "maxpool":
                 order[i], order[i + 1] = order[i + 1], order[i]
         h = x  # [B, C, H, W] before the first conv, [B, M*C, H, W] after, [M, B, F] flat
-        stacked = False  # whether the channels hold all M models
+        # stacked: whether the channels hold all M models
         fresh = False  # whether h is an intermediate this call owns (in-place is safe)
         for i in order:
             ly = self.layers[i]
@@ -667,6 +697,13 @@ class ConvSpec:
                     h = z.view(h.shape[0], m, -1).transpose(0, 1)
                     if b is not None:
                         h = h + b.unsqueeze(1)
+                elif w.shape[1] * w.shape[2] <= TINY_LINEAR:
+                    # products summed elementwise: MKL's batched sgemm rounds tiny matrices
+                    # (e.g. [3, 64] @ [64, 10]) differently at odd batch positions, which
+                    # would make a model's gradient depend on its row in the block
+                    h = (h.unsqueeze(2) * w.unsqueeze(1)).sum(-1)
+                    if b is not None:
+                        h = h + b.unsqueeze(1)
                 elif b is not None:
                     h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
                 else:
@@ -679,13 +716,36 @@ class ConvSpec:
                 h = F.avg_pool2d(h, ly.kernel, ly.stride)
             elif ly.op in ("gap", "flatten"):
                 if ly.op == "gap":
-                    h = h.mean((2, 3))
+                    h = h.contiguous().mean((2, 3))  # one summation order whatever M
                 if stacked:
-                    h = h.reshape(h.shape[0], m, -1).transpose(0, 1)
+                    h = h.reshape(h.shape[0], m, -1).transpose(0, 1).contiguous()
                 else:
                     h = h.reshape(h.shape[0], -1)
             fresh = h is not x
         return h
+
+    def _input(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, bool]:
+        """``x`` as ``[B, C, H, W]`` (shared, False) or ``[B, M*C, H, W]`` (one minibatch
+        per model, True); a :class:`UsageError` names any other shape."""
+        c, hh, ww = self.input
+        shape = tuple(x.shape)
+        if x.dim() == 2 and shape[1] == self.n_inputs:
+            return x.reshape(shape[0], c, hh, ww), False
+        if x.dim() == 4 and shape[1:] == (c, hh, ww):
+            return x, False
+        per_model = (x.dim() == 3 and shape[0] == m and shape[2] == self.n_inputs) or (
+            x.dim() == 5 and shape[0] == m and shape[2:] == (c, hh, ww)
+        )
+        if per_model:
+            # channels-last [B, M*C, H, W]: oneDNN's grouped (depthwise-like) convs and
+            # max pooling are ~5x faster on it than on the contiguous layout
+            b = shape[1]
+            x5 = x.reshape(m, b, c, hh, ww).permute(1, 3, 4, 0, 2)  # [B, H, W, M, C]
+            return x5.contiguous().view(b, hh, ww, m * c).permute(0, 3, 1, 2), True
+        raise UsageError(
+            f"{self.name} takes [B, {self.n_inputs}] or [B, {c}, {hh}, {ww}] inputs, or per "
+            f"model [{m}, B, {self.n_inputs}] or [{m}, B, {c}, {hh}, {ww}]; got {list(shape)}"
+        )
 
     @staticmethod
     def _conv(
@@ -719,16 +779,22 @@ class ConvSpec:
 
     def forward_vmap(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The same outputs via ``torch.func.vmap`` over ``functional_call`` of
-        :meth:`module` (kept for the benchmark and as a cross-check)."""
+        :meth:`module` (kept for the benchmark and as a cross-check); the same inputs as
+        :meth:`forward`."""
         from torch.func import functional_call, vmap
 
         net = self.module().eval()
         views = self.views(params)
+        m, shape = params.shape[0], tuple(self.input)
+        per_model = x.dim() in (3, 5)
+        if x.dim() in (2, 3):
+            x = x.reshape(*x.shape[:-1], *shape)
+        self._input(x, m)  # the same shape checks as forward
 
-        def one(p: dict[str, torch.Tensor]) -> torch.Tensor:
-            return functional_call(net, p, (x,))
+        def one(p: dict[str, torch.Tensor], xi: torch.Tensor) -> torch.Tensor:
+            return functional_call(net, p, (xi,))
 
-        return vmap(one)(views)
+        return vmap(one, in_dims=(0, 0 if per_model else None))(views, x)
 
 
 def _act_module(fn: str) -> nn.Module:

@@ -174,6 +174,15 @@ class ArchSpec:
     def n_layers(self) -> int:
         return len(self.widths) - 1
 
+    @property
+    def n_inputs(self) -> int:
+        """Input features per point (the data's flat width)."""
+        return self.widths[0]
+
+    @property
+    def n_outputs(self) -> int:
+        return self.widths[-1]
+
     def module_index(self, layer: int) -> int:
         """Index of Linear ``layer`` inside the ``nn.Sequential`` that modules.py builds."""
         per_hidden = 3 if self.dropout > 0 else 2

@@ -38,7 +38,7 @@ from bnnctl.errors import (
 if TYPE_CHECKING:
     import pandas as pd
 
-    from bnnctl.arch import ArchSpec
+    from bnnctl.arch import AnyArch
     from bnnctl.data import Dataset
 
 
@@ -188,7 +188,9 @@ FormatFlag = typer.Option("--format", "-f", help="Output format.")
 DatasetOpt = Annotated[
     str,
     typer.Option(
-        "--dataset", "-d", help="Built-in dataset (digits, moons), or the name for --data."
+        "--dataset",
+        "-d",
+        help="Built-in dataset (digits, moons), or the name for --data (e.g. mnist, cifar10).",
     ),
 ]
 DataOpt = Annotated[
@@ -196,7 +198,8 @@ DataOpt = Annotated[
     typer.Option(
         "--data",
         help=(
-            "Your data: an .npz (x_train, y_train, x_test, y_test) or a folder of MNIST IDX files."
+            "Your data: an .npz (x_train, y_train, x_test, y_test), a folder of MNIST IDX files, "
+            "or a folder of CIFAR-10 binary batches (data_batch_*.bin, test_batch.bin)."
         ),
     ),
 ]
@@ -205,7 +208,9 @@ ArchOpt = Annotated[
     typer.Option(
         "--arch",
         "-a",
-        help="MLP widths, input to output, e.g. mlp:64-128-128-10 (default: one fit for the data).",
+        help="mlp:64-128-128-10 (MLP widths, input to output), a conv net preset (optunet, "
+        "lenet5, cifar_small) or a cnn: spec (README), e.g. "
+        "cnn:1x28x28/c2k4nb-r-m3-c10k5g2nb-r-gap-l3-r-l10; default: an MLP fit for the data.",
     ),
 ]
 
@@ -234,12 +239,23 @@ DropoutOpt = Annotated[
 
 def dataset_and_arch(
     dataset: str, data: str | None, arch: str | None, activation: str, dropout: float
-) -> tuple[Dataset, ArchSpec]:
-    """The dataset and architecture that the data options describe."""
-    from bnnctl.arch import ArchSpec
+) -> tuple[Dataset, AnyArch]:
+    """The dataset and architecture that the data options describe. A conv net (``cnn:``
+    or a preset) names its activations and dropout in its spec, so ``--activation`` and
+    ``--dropout`` apply to MLPs only."""
+    from bnnctl.arch import ArchSpec, parse_arch
     from bnnctl.data import load_dataset
 
     ds = load_dataset(None if data and dataset == "digits" else dataset, data)
+    if arch and not arch.strip().startswith("mlp:"):
+        spec = parse_arch(arch)
+        if activation != "relu" or dropout:
+            raise UsageError(
+                f"`activation` and `dropout` apply to mlp: archs; {spec.name} names its own "
+                "activations and dropout in its spec",
+                "activation" if activation != "relu" else "dropout",
+            )
+        return ds, spec
     if arch:
         return ds, ArchSpec.parse(arch, activation, dropout)
     return ds, ArchSpec(ds.default_arch_widths(), activation, dropout)

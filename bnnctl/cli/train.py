@@ -69,6 +69,20 @@ def train_cmd(
         Schedule,
         typer.Option("--schedule", help="Learning-rate schedule (step: x0.1 at 50% and 75%)."),
     ] = Schedule.constant,
+    lr_milestones: Annotated[
+        str | None,
+        typer.Option(
+            "--lr-milestones",
+            help="Step schedule at these epochs, e.g. 15,30 (0-based; implies --schedule step).",
+        ),
+    ] = None,
+    lr_gamma: Annotated[
+        float | None,
+        typer.Option(
+            "--lr-gamma",
+            help="Step schedule factor in (0, 1] (default 0.1; implies --schedule step).",
+        ),
+    ] = None,
     dtype: Annotated[DType, typer.Option("--dtype", help="Stored precision.")] = DType.float32,
     population: Annotated[
         str | None,
@@ -85,7 +99,8 @@ def train_cmd(
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
-    """Train many seeds of an MLP at once into the store; re-running skips committed seeds.
+    """Train many seeds of an MLP or conv net at once into the store; re-running skips
+    committed seeds.
 
     Example: bnnctl train --seeds 3072 --store runs.zarr
     """
@@ -96,8 +111,21 @@ def train_cmd(
             f"--seeds must be at least 1 and at most {MAX_SEEDS_PER_RUN:,} per run, got {seeds}"
         )
     ds, spec = dataset_and_arch(dataset, data, arch, activation.value, dropout)
+    milestones = parse_milestones(lr_milestones)
+    sched = schedule.value
+    if (milestones or lr_gamma is not None) and schedule == Schedule.constant:
+        sched = Schedule.step.value
     cfg = TrainConfig(
-        optimizer.value, lr, momentum, nesterov, weight_decay, epochs, batch_size, schedule.value
+        optimizer.value,
+        lr,
+        momentum,
+        nesterov,
+        weight_decay,
+        epochs,
+        batch_size,
+        sched,
+        milestones,
+        lr_gamma,
     )
     t0 = time.perf_counter()
     with progress(quiet, "train", seeds * epochs, per_item=epochs) as advance:
@@ -129,3 +157,15 @@ def train_cmd(
             msg += f"; test RMSE median {rows['test_rmse'].median():.4g}"
     name = rows["population"].iloc[0] if len(rows) else population or ds.name
     log(quiet, f"{msg}; population {name}; store {store}")
+
+
+def parse_milestones(text: str | None) -> tuple[int, ...]:
+    """``--lr-milestones 15,30`` as ``(15, 30)`` (a UsageError names anything else)."""
+    if text is None:
+        return ()
+    try:
+        return tuple(int(t) for t in text.split(","))
+    except ValueError:
+        raise UsageError(
+            f"--lr-milestones must be epochs separated by commas, e.g. 15,30; got {text!r}"
+        ) from None

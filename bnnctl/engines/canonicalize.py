@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 
 import bnnctl.scheduler as schedmod
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch, arch_from_json
 from bnnctl.errors import CheckError, ConflictError, DataError, UsageError
 from bnnctl.evaluate import outputs
 from bnnctl.evaluate.likelihood import for_task
@@ -107,7 +107,7 @@ class BlockResult:
 
 
 def transform_block(
-    arch: ArchSpec,
+    arch: AnyArch,
     params: np.ndarray | torch.Tensor,
     transform: Transform,
     x: torch.Tensor,
@@ -142,7 +142,7 @@ def transform_block(
     )
 
 
-def _transform(arch: ArchSpec, src: torch.Tensor, transform: Transform, ref64: torch.Tensor | None):
+def _transform(arch: AnyArch, src: torch.Tensor, transform: Transform, ref64: torch.Tensor | None):
     """Transformed float32 params and near-tie counts (none for alignments); ``ref64``
     is the reference already in its scale/sign canonical form."""
     if ref64 is None:
@@ -176,7 +176,7 @@ class Group:
     """Source rows sharing population, arch and data: one transform, one test set."""
 
     population: str
-    arch: ArchSpec
+    arch: AnyArch
     data: str | None
     transform: Transform
     sources: pd.DataFrame
@@ -191,7 +191,7 @@ class Group:
         return f"{source_id}.{self.tag}"
 
 
-def tag_of(arch: ArchSpec, t: Transform) -> str:
+def tag_of(arch: AnyArch, t: Transform) -> str:
     """``canon`` (or ``align-<ref>``) for the default transform of the arch, else with a
     short hash of the transform spec: ids never collide between transforms."""
     default = make_transform(arch, reference=t.reference)
@@ -229,10 +229,8 @@ def plan(
     for (pop, arch_json, data), rows in sources.groupby(
         ["population", "arch", sources["data"].fillna("")], sort=True
     ):
-        arch = ArchSpec.from_json(arch_json)
-        if ref_row is not None and not _same_layout(
-            arch, ArchSpec.from_json(ref_row["arch"].iloc[0])
-        ):
+        arch = arch_from_json(arch_json)
+        if ref_row is not None and not _same_layout(arch, arch_from_json(ref_row["arch"].iloc[0])):
             raise ConflictError(
                 f"reference {align_to} is {ref_row['arch_name'].iloc[0]} "
                 f"{ref_row['activation'].iloc[0]} but "
@@ -247,8 +245,10 @@ def plan(
     return groups, ref_row
 
 
-def _same_layout(a: ArchSpec, b: ArchSpec) -> bool:
-    return a.widths == b.widths and a.activation == b.activation
+def _same_layout(a: AnyArch, b: AnyArch) -> bool:
+    return [t.shape for t in a.layout] == [t.shape for t in b.layout] and (
+        a.activation == b.activation and a.kind == b.kind
+    )
 
 
 def _todo(man: pd.DataFrame, g: Group) -> pd.DataFrame:

@@ -4,7 +4,7 @@ the choices without importing torch)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from enum import Enum
 from typing import TYPE_CHECKING
 
@@ -37,7 +37,13 @@ SCHEDULES = tuple(s.value for s in Schedule)
 class TrainConfig:
     """How each model of a population is trained. ``weight_decay`` is coupled L2 on the
     mean loss, as in ``torch.optim``: it corresponds to a Gaussian prior of precision
-    ``N * weight_decay`` on the summed log-likelihood of N training points."""
+    ``N * weight_decay`` on the summed log-likelihood of N training points.
+
+    ``lr_milestones`` and ``lr_gamma`` refine the ``step`` schedule (as
+    ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch): the rate is
+    multiplied by ``lr_gamma`` (default 0.1) at the start of each milestone epoch
+    (0-based; default milestones 50 % and 75 % of the epochs). Unset, they are left out of
+    :meth:`identity`, so populations trained before they existed keep their hashes."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -47,6 +53,8 @@ class TrainConfig:
     epochs: int = 50
     batch_size: int = 128
     schedule: str = "constant"
+    lr_milestones: tuple[int, ...] = ()
+    lr_gamma: float | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -65,12 +73,65 @@ class TrainConfig:
             raise UsageError(f"`momentum` must be in [0, 1), got {self.momentum}", "momentum")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise UsageError("`nesterov` needs optimizer sgd with momentum > 0", "nesterov")
+        self._check_steps()
+
+    def _check_steps(self) -> None:
+        ms = self.lr_milestones
+        if not isinstance(ms, tuple) or not all(
+            isinstance(e, int) and not isinstance(e, bool) for e in ms
+        ):
+            raise UsageError(
+                f"`lr_milestones` must be a tuple of epochs, got {ms!r}", "lr_milestones"
+            )
+        if ms and not (all(0 < e < self.epochs for e in ms) and list(ms) == sorted(set(ms))):
+            raise UsageError(
+                f"`lr_milestones` must be increasing epochs in 1..{self.epochs - 1} (epochs "
+                f"{self.epochs}), got {','.join(map(str, ms))}",
+                "lr_milestones",
+            )
+        g = self.lr_gamma
+        if g is not None and not (
+            isinstance(g, (int, float)) and not isinstance(g, bool) and 0 < g <= 1
+        ):
+            raise UsageError(f"`lr_gamma` must be in (0, 1], got {g}", "lr_gamma")
+        if (ms or g is not None) and self.schedule != "step":
+            raise UsageError(
+                f"`lr_milestones` and `lr_gamma` refine the step schedule; got schedule "
+                f"{self.schedule!r}",
+                "schedule",
+            )
+
+    def identity(self) -> dict:
+        """The configuration as hashed into a population's identity: every field, except
+        ``lr_milestones`` and ``lr_gamma`` when unset (so older hashes are unchanged)."""
+        d = asdict(self)
+        if not self.lr_milestones:
+            del d["lr_milestones"]
+        else:
+            d["lr_milestones"] = list(self.lr_milestones)
+        if self.lr_gamma is None:
+            del d["lr_gamma"]
+        return d
+
+    def columns(self) -> dict:
+        """The manifest's training-configuration columns: the fields, with milestones
+        and gamma written into ``schedule`` when set (e.g. ``step@15,30x0.5``)."""
+        d = asdict(self)
+        ms, g = d.pop("lr_milestones"), d.pop("lr_gamma")
+        if ms or g is not None:
+            d["schedule"] = f"step@{','.join(map(str, ms)) or '50%,75%'}x{g if g else 0.1:g}"
+        return d
 
     def lr_at(self, epoch: int) -> float:
         """Learning rate of an epoch: constant; cosine from lr to 0 over the epochs; or
-        step, ×0.1 at 50 % and again at 75 % of the epochs."""
+        step, ×0.1 at 50 % and again at 75 % of the epochs (or ×``lr_gamma`` at each of
+        ``lr_milestones``)."""
         if self.schedule == "cosine":
             return self.lr * 0.5 * (1 + math.cos(math.pi * epoch / self.epochs))
+        if self.schedule == "step" and (self.lr_milestones or self.lr_gamma is not None):
+            ms = self.lr_milestones or (self.epochs // 2, (3 * self.epochs) // 4)
+            gamma = 0.1 if self.lr_gamma is None else self.lr_gamma
+            return self.lr * gamma ** sum(epoch >= e for e in ms)
         if self.schedule == "step":
             drops = (epoch >= self.epochs // 2) + (epoch >= (3 * self.epochs) // 4)
             return self.lr * 0.1**drops

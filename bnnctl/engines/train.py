@@ -8,8 +8,15 @@ exactly a per-model optimizer. A block is ``block -> manifest rows`` with no sha
 store, so blocks can run in worker processes (``jobs``) or on Dask workers (``scheduler``,
 :mod:`bnnctl.scheduler`), each committing its own blocks.
 
+Conv nets (:class:`~bnnctl.arch.ConvSpec`) train on the same plan
+(:func:`train_conv_models`): the stacked ``[M, P]`` params are one leaf tensor, each
+model's own minibatch goes through ``ConvSpec.forward`` (the models as the groups of
+grouped convs) and autograd gives each model its own gradient. Dropout in a conv net is
+refused for now (no per-model masks in its forward).
+
 Model k's initialisation and data order come from its own generator, seeded by
-(population config, k) alone: the same seed gives the same weights whatever the block.
+(population config, k) alone: the same seed gives the same weights whatever the block
+(bit for bit, MLPs and conv nets alike, on one thread).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -25,7 +32,7 @@ import pandas as pd
 import torch
 
 import bnnctl.scheduler as schedmod
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch, ArchSpec, ConvSpec
 from bnnctl.data import Dataset
 from bnnctl.engines import population as popmod
 from bnnctl.engines.config import TrainConfig
@@ -44,7 +51,7 @@ class Population:
     """Everything a model's weights depend on, except its seed."""
 
     name: str
-    arch: ArchSpec
+    arch: AnyArch
     config: TrainConfig
     dataset: Dataset
     dtype: str = "float32"
@@ -56,7 +63,7 @@ class Population:
     def _digest(self, with_dtype: bool) -> str:
         desc = {
             "arch": self.arch.to_json(),
-            "config": asdict(self.config),
+            "config": self.config.identity(),
             "data": self.dataset.sha256,
         }
         if with_dtype:
@@ -79,6 +86,8 @@ def train_models(
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Train the models ``seeds`` together; return params ``[M, P]`` and the mean training
     loss of each model's last epoch ``[M]``."""
+    if isinstance(pop.arch, ConvSpec):
+        return train_conv_models(pop, pop.arch, seeds, on_epoch)
     arch, cfg, ds = pop.arch, pop.config, pop.dataset
     gens = [pop.generator(s) for s in seeds]
     m = len(seeds)
@@ -117,6 +126,74 @@ def train_models(
     return arch.to_model_major(buf.detach(), m), (loss.double() / n).numpy()
 
 
+def train_conv_models(
+    pop: Population,
+    arch: ConvSpec,
+    seeds: list[int],
+    on_epoch: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """:func:`train_models` for conv nets: the stacked params ``[M, P]`` are one leaf
+    tensor, each model sees its own minibatch (``ConvSpec.forward`` on ``[M, B, n_inputs]``,
+    the models as the groups of grouped convs), autograd computes the gradient of the sum
+    over models of each model's mean NLL (so each model's gradient is its own), and
+    ``cfg.make_optimizer`` steps all models at once. Init and data order are drawn from
+    each model's generator exactly as for MLPs.
+
+    A block of one model trains two copies of it (and returns one): oneDNN computes an
+    ungrouped conv's weight gradient in another summation order than a grouped one's, so
+    a lone model would differ from the same seed in a block in the last bits. With
+    ``groups = M*groups >= 2`` each model's arithmetic is the same whatever ``M`` and its
+    row (``ConvSpec.forward`` also avoids the two other row-dependent roundings found:
+    a global average pool over a channels-last map, and MKL's batched sgemm of tiny
+    linear layers)."""
+    cfg, ds = pop.config, pop.dataset
+    check_trainable(arch)
+    gens = [pop.generator(s) for s in seeds]
+    lone = len(seeds) == 1
+    m = 2 if lone else len(seeds)
+    init = torch.stack([arch.init(g) for g in gens])
+    params = (init.repeat(2, 1) if lone else init).requires_grad_(True)
+    opt = cfg.make_optimizer([params])
+    lik = for_task(ds.task)
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    n, bs = x.shape[0], cfg.batch_size
+    loss = torch.zeros(m)
+    for epoch in range(cfg.epochs):
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr_at(epoch)
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        order = order.repeat(2, 1) if lone else order
+        loss.zero_()
+        for start in range(0, n, bs):
+            idx = order[:, start : start + bs]
+            b = idx.shape[1]
+            flat_idx = idx.reshape(-1)
+            out = arch.forward(params, x.index_select(0, flat_idx).view(m, b, -1))
+            with torch.no_grad():
+                nll, dout = lik.nll_and_grad(
+                    out.detach(), y.index_select(0, flat_idx).view(m, b, *y.shape[1:])
+                )
+            params.grad = None
+            out.backward(dout.div_(b))
+            opt.step()
+            loss += nll
+        if on_epoch is not None:
+            on_epoch(len(seeds))
+    k = len(seeds)
+    return params.detach()[:k].contiguous(), (loss[:k].double() / n).numpy()
+
+
+def check_trainable(arch: AnyArch) -> None:
+    """Refuse what the trainer cannot train faithfully: a conv net with dropout (its
+    forward has no per-model dropout masks yet)."""
+    if isinstance(arch, ConvSpec) and arch.dropout > 0:
+        raise UsageError(
+            f"training conv nets with dropout is not supported yet ({arch.name} has "
+            f"dropout {arch.dropout:g}); remove its d<rate> layers",
+            "arch",
+        )
+
+
 def dropout_masks(arch: ArchSpec, gens: list[torch.Generator], batch: int) -> list[torch.Tensor]:
     """Per-model dropout masks (scaled by 1/(1-p)) for one step, from each model's stream."""
     keep = 1.0 - arch.dropout
@@ -152,7 +229,7 @@ def train_block(
             "lower `lr`",
         )
     wall = (time.perf_counter() - t0) / len(seeds)
-    cfg = asdict(pop.config)
+    cfg = pop.config.columns()
     rows = []
     for i, seed in enumerate(seeds):
         rows.append(
@@ -182,13 +259,14 @@ def train_block(
 def make_population(
     dataset: Dataset,
     config: TrainConfig,
-    arch: ArchSpec | None = None,
+    arch: AnyArch | None = None,
     name: str | None = None,
     dtype: str = "float32",
 ) -> Population:
     """Validate a population request (before anything touches a store)."""
     arch = arch or ArchSpec(dataset.default_arch_widths())
     check_arch(arch, dataset)
+    check_trainable(arch)
     name = popmod.check_name(name or dataset.name)
     if dtype not in DTYPES:
         raise UsageError.choice("dtype", dtype, DTYPES)
@@ -219,13 +297,13 @@ def describe_conflict(pop: Population, row: pd.Series) -> str:
         "arch": pop.arch.to_json(),
         "dataset sha256": pop.dataset.sha256,
         "dtype": pop.dtype,
-        **{k: v for k, v in asdict(pop.config).items()},
+        **pop.config.columns(),
     }
     theirs = {
         "arch": row["arch"],
         "dataset sha256": row["data_sha256"],
         "dtype": row["dtype"],
-        **{k: row[k] for k in asdict(pop.config)},
+        **{k: row[k] for k in pop.config.columns()},
     }
     diffs = [f"{k} {theirs[k]} (asked: {mine[k]})" for k in mine if str(theirs[k]) != str(mine[k])]
     if "arch" in [d.split(" ")[0] for d in diffs]:
@@ -244,7 +322,7 @@ def train(
     dataset: Dataset,
     config: TrainConfig = TrainConfig(),
     seeds: Iterable[int] = range(8),
-    arch: ArchSpec | None = None,
+    arch: AnyArch | None = None,
     population: str | None = None,
     block_size: int = 32,
     jobs: int = 1,
@@ -316,13 +394,37 @@ def block_memory(pop: Population, m: int) -> int:
     kept for the backward pass; the evaluation's outputs and hidden chunks."""
     from bnnctl.evaluate import EVAL_CHUNK
 
-    w = pop.arch.widths
     n_eval = max(len(pop.dataset.x_train), len(pop.dataset.x_test))
+    if isinstance(pop.arch, ConvSpec):
+        return conv_block_memory(pop.arch, pop.config, n_eval, m)
+    w = pop.arch.widths
     floats = (
         6 * m * pop.arch.n_params
         + 3 * m * pop.config.batch_size * sum(w[1:])
         + 2 * m * min(EVAL_CHUNK, n_eval) * max(w[1:])
         + m * n_eval * w[-1]
+    )
+    return 4 * floats
+
+
+def conv_block_memory(arch: ConvSpec, cfg: TrainConfig, n_eval: int, m: int) -> int:
+    """:func:`block_memory` of a conv net: params, gradients, optimizer moments and
+    copies (6 floats a parameter); per image and model, every layer's feature map
+    (``ConvSpec.feature_sizes``) kept for autograd's backward, twice over for the
+    gradients flowing back and a conv's unfolded input, times the minibatch; evaluation
+    chunks of ``EVAL_CHUNK`` images through all ``m`` models (the two largest maps
+    alive at once); and the outputs on the whole evaluation set."""
+    from bnnctl.evaluate import EVAL_CHUNK
+
+    sizes = arch.feature_sizes()
+    k2 = max([ly.kernel**2 for ly in arch.layers if ly.op == "conv"], default=1)
+    per_image = 3 * sum(sizes[1:]) + sizes[0] * (1 + k2)
+    top2 = sum(sorted(sizes[1:])[-2:])
+    floats = (
+        6 * m * arch.n_params
+        + m * cfg.batch_size * per_image
+        + min(EVAL_CHUNK, n_eval) * (m * top2 + sizes[0] * k2)
+        + m * n_eval * arch.n_outputs
     )
     return 4 * floats
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch
 from bnnctl.data import Dataset
 from bnnctl.errors import UsageError
 from bnnctl.evaluate.likelihood import Categorical, Gaussian
@@ -22,21 +22,23 @@ EVAL_CHUNK = 2048
 MODEL_BATCH = 1024
 
 
-def check_arch(arch: ArchSpec, ds: Dataset) -> None:
+def check_arch(arch: AnyArch, ds: Dataset) -> None:
     """Refuse an architecture whose input or output width does not fit the data."""
-    if arch.widths[0] != ds.n_features:
+    if arch.n_inputs != ds.n_features:
+        shape = "x".join(map(str, getattr(arch, "input", ())))
+        takes = f"{shape} images ({arch.n_inputs} values)" if shape else f"{arch.n_inputs} inputs"
         raise UsageError(
-            f"{arch.name} takes {arch.widths[0]} inputs but {ds.name} has {ds.n_features} features"
+            f"{arch.name} takes {takes} but {ds.name} has {ds.n_features} features per point"
         )
     ok = {ds.n_outputs} | ({1} if ds.n_classes == 2 else set())
-    if arch.widths[-1] not in ok:
+    if arch.n_outputs not in ok:
         what = (
             f"{ds.n_classes} classes" if ds.task == "classification" else f"{ds.n_outputs} targets"
         )
-        raise UsageError(f"{arch.name} has {arch.widths[-1]} outputs but {ds.name} has {what}")
+        raise UsageError(f"{arch.name} has {arch.n_outputs} outputs but {ds.name} has {what}")
 
 
-def outputs(arch: ArchSpec, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def outputs(arch: AnyArch, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Outputs ``[M, N, out]`` of stacked models on shared inputs, in chunks of points."""
     with torch.no_grad():
         chunks = range(0, len(x), EVAL_CHUNK)
@@ -44,7 +46,7 @@ def outputs(arch: ArchSpec, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor
 
 
 def predict(
-    arch: ArchSpec, params: np.ndarray, x: np.ndarray, batch: int = MODEL_BATCH
+    arch: AnyArch, params: np.ndarray, x: np.ndarray, batch: int = MODEL_BATCH
 ) -> torch.Tensor:
     """Outputs ``[M, N, out]`` of stacked models given as numpy, ``batch`` models at a time."""
     xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
@@ -53,7 +55,7 @@ def predict(
 
 
 def metrics_of(
-    arch: ArchSpec, lik: Categorical | Gaussian, flat: torch.Tensor, ds: Dataset
+    arch: AnyArch, lik: Categorical | Gaussian, flat: torch.Tensor, ds: Dataset
 ) -> dict[str, np.ndarray]:
     """Train and test metrics ``{train_acc: [M], ...}`` of stacked models."""
     out = {}

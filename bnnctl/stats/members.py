@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch, arch_from_json
 from bnnctl.data import Dataset
 from bnnctl.errors import UsageError
 from bnnctl.evaluate import predict
@@ -34,7 +34,7 @@ class Members:
     """Models of one architecture and dataset, evaluated on its stored test data."""
 
     rows: pd.DataFrame
-    arch: ArchSpec
+    arch: AnyArch
     data: Dataset
     params: np.ndarray
     out: torch.Tensor  # test outputs [M, N, out]
@@ -86,7 +86,7 @@ def evaluate_members(
                 rows, pool.arch, pool.data, pool.params[idx], pool.out[torch.from_numpy(idx)], 0.0
             )
     t0 = time.perf_counter()
-    arch = ArchSpec.from_json(rows["arch"].iloc[0])
+    arch = arch_from_json(rows["arch"].iloc[0])
     data = store.load_data(rows["data"].iloc[0])
     params = store.read_params(rows)
     out = predict(arch, params, data.x_test)
@@ -148,7 +148,7 @@ def ood_report(mem: Members, ood: str) -> dict:
     if ood == "builtin":
         x, source = builtin_ood(mem.data)
     else:
-        x, source = load_ood(ood, mem.arch.widths[0]), str(ood)
+        x, source = load_ood(ood, mem.arch.n_inputs), str(ood)
     s_in = ood_scores(mem.probs)
     s_out = ood_scores(Categorical().probs(mem.outputs_on(x)))
     scores = {k: detection_metrics(s_in[k], s_out[k]) for k in s_in}

@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from bnnctl.arch import ArchSpec  # noqa: E402
+from bnnctl.arch import AnyArch, ArchSpec  # noqa: E402
 from bnnctl.errors import UsageError  # noqa: E402
 from bnnctl.stats.modes import excess_pct  # noqa: E402
 from bnnctl.stats.report import Context  # noqa: E402
@@ -152,21 +152,26 @@ def weights_pca_tsne(raw, labels, canon=None, canon_labels=None, transform=None)
     return fig
 
 
-def _pick(arch: ArchSpec) -> list[tuple[str, int]]:
-    """A few named single weights: first and second incoming weight of the first hidden
-    unit, its bias, and the first weight of the output layer."""
+def _pick(arch: AnyArch) -> list[tuple[str, int]]:
+    """A few named single weights: the first entry of the first tensor and of its second
+    row (unit), of the second tensor (the first layer's bias, or the next kernel), and of
+    the output layer's weight."""
     lay = arch.layout
-    picks = [
-        (f"{lay[0].name}[0,0]", lay[0].offset),
-        (f"{lay[1].name}[0]", lay[1].offset),
-        (f"{lay[-2].name}[0,0]", lay[-2].offset),
-    ]
+    out_w = next(t for t in reversed(lay) if len(t.shape) >= 2)
+
+    def first(t) -> tuple[str, int]:
+        return f"{t.name}[{','.join('0' * len(t.shape))}]", t.offset
+
+    picks = [first(lay[0]), first(lay[1]), first(out_w)]
     if lay[0].shape[0] > 1:
-        picks.insert(1, (f"{lay[0].name}[1,0]", lay[0].offset + lay[0].shape[1]))
+        second = "1" + ",0" * (len(lay[0].shape) - 1)
+        picks.insert(
+            1, (f"{lay[0].name}[{second}]", lay[0].offset + lay[0].size // lay[0].shape[0])
+        )
     return picks
 
 
-def marginals(arch: ArchSpec, raw, canon=None):
+def marginals(arch: AnyArch, raw, canon=None):
     """Histograms of individual weights across models, raw vs canonical."""
     picks = _pick(arch)
     fig, axes = plt.subplots(1, len(picks), figsize=(4 * len(picks), 3.5), squeeze=False)
@@ -181,9 +186,11 @@ def marginals(arch: ArchSpec, raw, canon=None):
     return fig
 
 
-def largest_index(arch: ArchSpec, raw, canon=None):
+def largest_index(arch: AnyArch, raw, canon=None):
     """For each model and input feature: which first-layer hidden unit has the largest
-    incoming weight from that feature. Uniform for raw weights; sorting concentrates it."""
+    incoming weight from that feature (for a conv net: which first-layer channel has the
+    largest entry at each kernel position and input channel). Uniform for raw weights;
+    sorting concentrates it."""
     w = arch.layout[0]
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.arange(w.shape[0] + 1) - 0.5

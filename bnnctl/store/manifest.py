@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch
 from bnnctl.errors import UsageError
 from bnnctl.store.schema import ARROW_SCHEMA, NAMES
 from bnnctl.store.where import select
@@ -30,7 +30,7 @@ __all__ = [
 
 
 def complete_rows(
-    rows: list[dict], array_path: str, stored: np.ndarray, arch: ArchSpec, sha256: list[str]
+    rows: list[dict], array_path: str, stored: np.ndarray, arch: AnyArch, sha256: list[str]
 ) -> pa.Table:
     """The rows of one block, completed with where and how each is stored."""
     now = datetime.now(timezone.utc)

@@ -72,7 +72,13 @@ COLUMNS: list[tuple[str, str, bool, str]] = [
     ),
     ("epochs", I, False, "Training epochs."),
     ("batch_size", I, False, "Minibatch size."),
-    ("schedule", S, False, "Learning-rate schedule: constant | cosine | step."),
+    (
+        "schedule",
+        S,
+        False,
+        "Learning-rate schedule: constant | cosine | step, or step@MILESTONESxGAMMA "
+        "(e.g. step@15,30x0.5).",
+    ),
     ("wall_time_s", F, False, "Wall time of the block this row was made in, divided by its rows."),
     # metrics (final weights as stored)
     ("train_loss", F, False, "Mean training objective over the last epoch."),
@@ -173,9 +179,21 @@ def rows_to_validate(table: pa.Table) -> pa.ChunkedArray | pa.Array:
 
 
 def arch_json_schema() -> dict:
+    """The ``arch`` column's JSON: an MLP (kind ``mlp``) or a conv net (kind ``cnn``)."""
+    from bnnctl.arch.conv import cnn_json_schema
+
+    cnn = cnn_json_schema()
+    del cnn["$schema"]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "bnnctl architecture spec",
+        "oneOf": [_mlp_json_schema(), cnn],
+    }
+
+
+def _mlp_json_schema() -> dict:
+    return {
+        "title": "bnnctl MLP spec",
         "type": "object",
         "required": ["kind", "widths", "activation"],
         "properties": {

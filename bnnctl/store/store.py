@@ -33,7 +33,7 @@ import zarr
 from deltalake import DeltaTable
 from zarr.codecs import ZstdCodec
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch
 from bnnctl.data import SPLITS, Dataset, validate
 from bnnctl.errors import (
     EnvironmentFault,
@@ -266,7 +266,7 @@ class Store:
         array_path: str,
         params: np.ndarray,
         dtype: str,
-        arch: ArchSpec,
+        arch: AnyArch,
         rows: list[dict],
     ) -> pd.DataFrame:
         """Commit one block: params ``[M, P]`` to a fresh array (``array_path`` plus an
@@ -294,7 +294,7 @@ class Store:
             ) from None
 
     def _commit_block(
-        self, array_path: str, stored: np.ndarray, dtype: str, arch: ArchSpec, rows: list[dict]
+        self, array_path: str, stored: np.ndarray, dtype: str, arch: AnyArch, rows: list[dict]
     ) -> pd.DataFrame:
         m, p = stored.shape
         arr = self.group.create_array(

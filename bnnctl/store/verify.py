@@ -13,7 +13,7 @@ import pyarrow as pa
 from deltalake import DeltaTable
 
 import bnnctl.scheduler as schedmod
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import arch_from_json
 from bnnctl.errors import UsageError, describe
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import INT_TYPES
@@ -141,7 +141,7 @@ def _verify_array(store: Store, path: str, sub: pd.DataFrame, row_sha256) -> lis
             continue
         if rec.arch not in layouts:
             try:
-                layouts[rec.arch] = [t.to_json() for t in ArchSpec.from_json(rec.arch).layout]
+                layouts[rec.arch] = [t.to_json() for t in arch_from_json(rec.arch).layout]
             except Exception as e:  # arch text not written by bnnctl
                 layouts[rec.arch] = describe(e)
         layout = layouts[rec.arch]
