@@ -30,13 +30,13 @@ import pandas as pd
 import torch
 
 import bnnctl.scheduler as schedmod
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch, ArchSpec, arch_from_json
 from bnnctl.data import Dataset
 from bnnctl.engines import population as popmod
 from bnnctl.errors import CheckError, StoreError, UsageError
 from bnnctl.evaluate import check_arch, metrics_of
 from bnnctl.evaluate.likelihood import for_task
-from bnnctl.samplers import APPROXIMATIONS, NEED_START, SamplerConfig, build
+from bnnctl.samplers import APPROXIMATIONS, NEED_START, SamplerConfig, build, check_supported
 from bnnctl.samplers.base import Sampler, load_state, save_state, step_size_at
 from bnnctl.samplers.posterior import LogPosterior
 from bnnctl.store import Store, select
@@ -52,7 +52,7 @@ class Plan:
     """Everything one sample population's rows depend on."""
 
     config: SamplerConfig
-    arch: ArchSpec
+    arch: AnyArch
     dataset: Dataset
     data_path: str | None
     starts: torch.Tensor | None  # [chains, P] or None: prior draws
@@ -121,7 +121,7 @@ def make_plan(
     samples: int,
     chains: int | None = None,
     dataset: Dataset | None = None,
-    arch: ArchSpec | None = None,
+    arch: AnyArch | None = None,
     start: pd.DataFrame | str | None = None,
     population: str | None = None,
     segment: int | None = None,
@@ -141,6 +141,7 @@ def make_plan(
             )
         arch = arch or ArchSpec(dataset.default_arch_widths())
         check_arch(arch, dataset)
+        check_supported(config.method, arch)  # before the store is created
         chains = chains or DEFAULT_CHAINS
         starts, parents, data_path = None, [None] * chains, None
         store = store if isinstance(store, Store) else Store.open(store, create=True)
@@ -152,6 +153,7 @@ def make_plan(
             start = select(store.manifest(), start)
         arch, dataset, data_path, starts, parents = _resolve_start(store, start, chains)
     check_arch(arch, dataset)
+    check_supported(config.method, arch)
     if config.method == "mc_dropout" and arch.dropout <= 0:
         raise UsageError(
             f"MC dropout needs checkpoints trained with dropout; {arch.name} has none "
@@ -211,7 +213,7 @@ def _resolve_start(store: Store, start: pd.DataFrame, chains: int | None):
         )
     order = [k % n for k in range(chains)]
     params = torch.from_numpy(store.read_params(start))[order]
-    arch = ArchSpec.from_json(start["arch"].iloc[0])
+    arch = arch_from_json(start["arch"].iloc[0])
     return (
         arch,
         store.load_data(data),
@@ -283,7 +285,8 @@ def chain_blocks(plan: Plan, committed: dict[range, list[int]], parts: int) -> l
     """The chain blocks of this run: those already committed, as they are; the chains no
     block holds yet split into about ``parts`` contiguous blocks (1: all chains together,
     the in-process layout). Chains are independent (each has its own random stream and
-    nothing mixes them), so a chain's samples are the same bit for bit in any block."""
+    nothing mixes them), so a chain's samples do not depend on its block, up to last-bit
+    rounding of matrix products whose kernels vary with the block's size (README)."""
     if not committed and parts <= 1:
         return [range(plan.chains)]
     free, pos = [], 0
@@ -307,7 +310,7 @@ def sample(
     samples: int = 100,
     chains: int | None = None,
     dataset: Dataset | None = None,
-    arch: ArchSpec | None = None,
+    arch: AnyArch | None = None,
     start: pd.DataFrame | str | None = None,
     population: str | None = None,
     segment: int | None = None,
@@ -348,7 +351,8 @@ def run_plan(
     ``scheduler`` they are split into about one block per Dask worker thread, each
     run (burn-in, then its segments, committed as ``params/<pop>/c<a>-<b>/seg<k>``) by a
     worker as one task. A resumed run keeps the blocks it finds committed, wherever it
-    runs them; the samples are the same bit for bit either way."""
+    runs them; the samples are the same either way (bit for bit where the matrix products
+    round alike, README)."""
     sched = schedmod.parse(scheduler)
     committed = committed_blocks(store, plan)
     for segs in committed.values():

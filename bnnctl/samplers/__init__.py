@@ -19,8 +19,9 @@ method modules (:data:`.registry.REGISTRY`) is loaded on first use.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from bnnctl.errors import UsageError
 from bnnctl.samplers.config import APPROXIMATIONS, METHODS, NEED_START, SamplerConfig
 
 if TYPE_CHECKING:
@@ -28,11 +29,42 @@ if TYPE_CHECKING:
     from bnnctl.samplers.posterior import LogPosterior
 
 
+#: Methods that need an MLP's internals, and why (they refuse conv nets).
+MLP_ONLY = {
+    "laplace": "its diagonal GGN is built on the MLP's hand-written backward",
+    "mc_dropout": "its dropout masks act on an MLP's hidden units",
+}
+
+
+def check_supported(method: str, arch: Any) -> None:
+    """Refuse (UsageError) a method that does not support ``arch``'s kind yet."""
+    if getattr(arch, "kind", "mlp") == "mlp":
+        return
+    if method in MLP_ONLY:
+        raise UsageError(
+            f"{method} does not support conv nets yet ({MLP_ONLY[method]}); "
+            "use hmc, sgld, sghmc, mfvi, swag or laplace_ll"
+        )
+    if method == "laplace_ll":
+        from bnnctl.samplers.laplace_ll import last_layer
+
+        last_layer(arch)
+
+
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """The sampler ``config.method`` for the posterior ``post``."""
     from bnnctl.samplers.registry import REGISTRY
 
+    check_supported(config.method, post.arch)
     return REGISTRY[config.method].build(config, post)
 
 
-__all__ = ["APPROXIMATIONS", "METHODS", "NEED_START", "SamplerConfig", "build"]
+__all__ = [
+    "APPROXIMATIONS",
+    "METHODS",
+    "MLP_ONLY",
+    "NEED_START",
+    "SamplerConfig",
+    "build",
+    "check_supported",
+]

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bnnctl.arch import ArchSpec
+from bnnctl.errors import UsageError
 from bnnctl.evaluate.likelihood import Gaussian, two_class_logits
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
 from bnnctl.samplers.posterior import LogPosterior, randn
@@ -66,8 +68,12 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
 
 
 def diag_curvature(post: LogPosterior, params: torch.Tensor, kind: str = "ggn") -> torch.Tensor:
-    """Diagonal GGN or empirical Fisher of the summed NLL, ``[M, P]``."""
+    """Diagonal GGN or empirical Fisher of the summed NLL, ``[M, P]`` (MLPs only)."""
     arch = post.arch
+    if not isinstance(arch, ArchSpec):
+        raise UsageError(
+            f"laplace does not support conv nets yet ({arch.name}); use laplace_ll or swag"
+        )
     out = torch.zeros_like(params)
     with torch.no_grad():
         for x, y, _ in post._batches(params, None):

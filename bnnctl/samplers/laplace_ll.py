@@ -44,9 +44,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from bnnctl.arch import AnyArch, ArchSpec, ConvSpec
+from bnnctl.errors import UsageError
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
 from bnnctl.samplers.laplace import _factors
-from bnnctl.samplers.posterior import CHAIN_POINTS, LogPosterior, randn
+from bnnctl.samplers.posterior import CHAIN_POINTS, LogPosterior, conv_outputs, randn
 
 #: Defaults of the method(s) this module implements. No steps: the curvature and δ are fitted once at each checkpoint.  # noqa: E501
 DEFAULTS = {"laplace_ll": {"step_size": 0.0, "burn_in": 0}}
@@ -71,10 +73,34 @@ class LastLayerState(ChainState):
     prior_var: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=_F64))
 
 
+def last_layer(arch: AnyArch) -> tuple[int, int]:
+    """The last layer's outputs C and inputs H; its W ``[C, H]`` (row-major) then b are
+    the last C·H + C parameters. A conv net qualifies when it ends in a linear layer with
+    a bias (nothing after it); otherwise a :class:`UsageError`."""
+    if isinstance(arch, ArchSpec):
+        return arch.widths[-1], arch.widths[-2]
+    p = arch.params[-1]
+    if p.layer.op != "linear" or not p.layer.bias or p.index != len(arch.layers) - 1:
+        raise UsageError(
+            f"laplace_ll needs a conv net that ends in a linear layer with a bias; "
+            f"{arch.name} does not"
+        )
+    return p.layer.out, p.in_shape[0]
+
+
+def _conv_body(arch: ConvSpec) -> ConvSpec | None:
+    """Every layer of ``arch`` before its last linear layer (None: none has parameters,
+    the features are the flat input). Its parameters are the first ones of ``arch``'s."""
+    layers = arch.layers[: arch.params[-1].index]
+    if not any(ly.op in ("conv", "linear") for ly in layers):
+        return None
+    return ConvSpec(layers, arch.input)
+
+
 def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     """Last-layer KFAC Laplace with ``config.fisher`` curvature; ``update`` does nothing."""
     arch = post.arch
-    c, h = arch.widths[-1], arch.widths[-2]
+    c, h = last_layer(arch)
     offset = arch.n_params - c * h - c  # the last layer: W row-major, then b
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> LastLayerState:
@@ -128,7 +154,7 @@ def kron_factors(
     """The last layer's Kronecker factors at ``params [M, P]``, float64: G = Σ_n H_n
     ``[M, C, C]`` (``ggn``; Σ_n g_n g_nᵀ for ``ef``) and A = Σ_n φ_n φ_nᵀ / N ``[M, H, H]``."""
     arch = post.arch
-    m, c, h = params.shape[0], arch.widths[-1], arch.widths[-2]
+    (c, h), m = last_layer(arch), params.shape[0]
     g = torch.zeros(m, c, c, dtype=_F64)
     a = torch.zeros(m, h, h, dtype=_F64)
     group = max(1, CHAIN_POINTS * 16 // max(post.n, 1))  # chains per pass: bounds memory
@@ -136,14 +162,32 @@ def kron_factors(
         for i in range(0, m, group):
             sl = slice(i, i + group)
             for x, y, _ in post._batches(params, None):
-                keep: list = []
-                f = arch.forward(params[sl], x, keep)
-                phi = keep[-1]  # the last layer's input: [B, H] (one layer) or [M, B, H]
-                phi = phi.expand(f.shape[0], -1, -1) if phi.dim() == 2 else phi
+                f, phi = _outputs_and_features(arch, params[sl], x, c, h)
                 a[sl] += (phi.mT @ phi).double()
                 for s in _factors(post, f, y, kind):
                     g[sl] += (s.mT @ s).double()
     return g, a / post.n
+
+
+def _outputs_and_features(
+    arch: AnyArch, params: torch.Tensor, x: torch.Tensor, c: int, h: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs ``[M, B, C]`` and the last layer's inputs φ ``[M, B, H]`` on ``x``."""
+    m = params.shape[0]
+    if isinstance(arch, ArchSpec):
+        keep: list = []
+        f = arch.forward(params, x, keep)
+        phi = keep[-1]  # the last layer's input: [B, H] (one layer) or [M, B, H]
+        return f, (phi.expand(m, -1, -1) if phi.dim() == 2 else phi)
+    offset = arch.n_params - c * h - c
+    body = _conv_body(arch)
+    if body is None:
+        phi = x.reshape(len(x), -1).expand(m, -1, -1)
+    else:
+        phi = conv_outputs(body, params[:, :offset].contiguous(), x)
+    w = params[:, offset : offset + c * h].reshape(m, c, h)
+    b = params[:, offset + c * h :]
+    return torch.baddbmm(b.unsqueeze(1), phi, w.transpose(1, 2)), phi
 
 
 def marglik_prior_precision(eigvals: torch.Tensor, sq_norm: torch.Tensor) -> torch.Tensor:

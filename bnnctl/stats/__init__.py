@@ -2,9 +2,10 @@
 Izmailov et al. (ICML 2021), computed from the store.
 
 Everything predictive is *re-evaluated*: the members' weights are read from the store and
-run with :meth:`ArchSpec.forward` (in batches of models) on the exact test data stored with
-their population (``store.load_data(row.data)``); the per-model accuracy and NLL are
-checked against the manifest's recorded ones (``evaluation.max_abs_diff_vs_manifest``).
+run with the arch's batched ``forward`` (MLPs and conv nets alike, in batches of models)
+on the exact test data stored with their population (``store.load_data(row.data)``); the
+per-model accuracy and NLL are checked against the manifest's recorded ones
+(``evaluation.max_abs_diff_vs_manifest``).
 
 Definitions (p_m(x) = softmax output of member m, p̄ = mean over the M members, H =
 entropy in nats):
