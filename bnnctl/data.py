@@ -4,6 +4,10 @@ A :class:`Dataset` holds the exact float32 features and targets that models are 
 and evaluated on. Integer targets mean classification (labels 0..C-1), real targets mean
 regression. The store keeps these arrays so that any checkpoint can be re-evaluated
 with plain zarr + numpy.
+
+Datasets: ``digits`` and ``moons`` (embedded), or the user's files: an ``.npz``, a folder
+of MNIST IDX files, or ``cifar10``: a folder of the CIFAR-10 binary version (images kept
+flat, channel-major, as conv nets take them). Nothing is downloaded or unpickled.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ import numpy as np
 from bnnctl.errors import DataError, UsageError, one_line
 
 BUILTIN = ("digits", "moons")
+#: Datasets read from the user's copy with ``--data FOLDER`` (never downloaded).
+FROM_FOLDER = ("cifar10",)
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
 
@@ -136,20 +142,36 @@ def validate(name: str, arrays: dict[str, np.ndarray]) -> Dataset:
 
 def load_dataset(name: str | None = "digits", path: str | Path | None = None) -> Dataset:
     """The embedded ``digits`` (default) or ``moons``, or the user's data at ``path``:
-    an ``.npz`` with x_train, y_train, x_test, y_test, or a folder of MNIST IDX files."""
+    an ``.npz`` with x_train, y_train, x_test, y_test, a folder of MNIST IDX files, or a
+    folder of the CIFAR-10 binary version (``data_batch_1.bin`` ... ``data_batch_5.bin``,
+    ``test_batch.bin``; named ``cifar10``; its parent holding ``cifar-10-batches-bin/``
+    will do). The pickled Python version of CIFAR-10 is refused: data is never unpickled."""
     if path is not None:
         p = Path(path)
         if p.is_dir():
+            cifar = cifar_folder(p)
+            if cifar is not None or name == "cifar10":
+                return validate(name or "cifar10", read_cifar10(cifar or p))
+            _refuse_pickles(p)
             return validate(name or p.name, _read_idx_folder(p))
         if not p.exists():
             raise DataError(f"data file {p} does not exist")
+        if p.name in CIFAR_FILES:
+            raise DataError(f"{p} is one CIFAR-10 batch; pass the folder that holds all six")
+        _refuse_pickles(p)
         return validate(name or p.stem, _read_npz(p))
     if name == "digits":
         return _digits()
     if name == "moons":
         return _moons()
+    if name == "cifar10":
+        raise UsageError(
+            "cifar10 is read from your copy of its binary version (cifar-10-binary.tar.gz, "
+            "extracted): pass --data FOLDER holding data_batch_1.bin ... test_batch.bin"
+        )
     raise UsageError(
-        f"unknown dataset {name!r}; built in: {', '.join(BUILTIN)}; or use --data PATH"
+        f"unknown dataset {name!r}; built in: {', '.join(BUILTIN)}; from --data FOLDER: "
+        f"{', '.join(FROM_FOLDER)} (or MNIST IDX files); or use --data PATH"
     )
 
 
@@ -219,3 +241,75 @@ def _read_idx_folder(folder: Path) -> dict[str, np.ndarray]:
         a = read_idx(found)
         arrays[key] = a.astype(np.float32) / 255.0 if key.startswith("x") else a.astype(np.int64)
     return arrays
+
+
+# --- CIFAR-10, binary version ------------------------------------------------------------
+
+CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR_TEST = "test_batch.bin"
+CIFAR_FILES = (*CIFAR_TRAIN, CIFAR_TEST)
+#: One record: a label byte, then 32x32 red, 32x32 green, 32x32 blue bytes (row-major).
+CIFAR_RECORD = 1 + 3 * 32 * 32
+CIFAR_SHAPE = (3, 32, 32)
+#: Names of the pickled Python version (and common pickle suffixes): refused, never read.
+PICKLE_NAMES = (*(f.removesuffix(".bin") for f in CIFAR_FILES), "batches.meta")
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".p")
+
+
+def cifar_folder(folder: Path) -> Path | None:
+    """The folder holding the CIFAR-10 binary batches: ``folder`` itself or its
+    ``cifar-10-batches-bin`` (as the archive extracts); None when neither has any."""
+    for f in (folder, folder / "cifar-10-batches-bin"):
+        if any((f / n).is_file() for n in CIFAR_FILES):
+            return f
+    return None
+
+
+def _refuse_pickles(p: Path) -> None:
+    """Refuse the pickled Python version of CIFAR-10 clearly, by name: a folder holding
+    ``data_batch_1`` ... or ``cifar-10-batches-py/``, or such a file (or a ``.pkl``)."""
+    if p.is_file():
+        hit = p if p.name in PICKLE_NAMES or p.suffix in PICKLE_SUFFIXES else None
+    else:
+        names = [p / n for n in PICKLE_NAMES] + [p / "cifar-10-batches-py"]
+        hit = next((q for q in names if q.exists()), None)
+    if hit is not None:
+        raise DataError(
+            f"{hit} is pickled Python data (CIFAR-10's python version); bnnctl never "
+            "unpickles data: use the binary version (data_batch_1.bin ... test_batch.bin)"
+        )
+
+
+def read_cifar_batch(p: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch: pixels ``[N, 3072]`` uint8 (channel-major: 1,024 red,
+    then green, then blue, each 32x32 row-major) and labels ``[N]`` int64 in 0..9."""
+    try:
+        raw = p.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{p.parent}: no {p.name} (expected the CIFAR-10 binary version)") from None
+    if not raw or len(raw) % CIFAR_RECORD:
+        raise DataError(
+            f"{p}: {len(raw)} bytes is not a whole number of {CIFAR_RECORD:,}-byte CIFAR-10 "
+            "records (1 label byte + 3,072 pixel bytes); truncated?"
+        )
+    rec = np.frombuffer(raw, np.uint8).reshape(-1, CIFAR_RECORD)
+    labels = rec[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise DataError(
+            f"{p}: label {int(labels.max())} is not a CIFAR-10 class (0..9); CIFAR-100's "
+            "binary format has two label bytes and is not read as cifar10"
+        )
+    return rec[:, 1:], labels
+
+
+def read_cifar10(folder: Path) -> dict[str, np.ndarray]:
+    """The CIFAR-10 binary version in ``folder`` (all five training batches and the test
+    batch): pixels as float32 / 255, flat and channel-major (C, H, W = 3, 32, 32, as
+    ``cifar_small`` takes them), labels int64."""
+    out = {}
+    for split, files in (("train", CIFAR_TRAIN), ("test", (CIFAR_TEST,))):
+        parts = [read_cifar_batch(folder / f) for f in files]
+        x = np.concatenate([a for a, _ in parts]).astype(np.float32)
+        x /= 255.0
+        out[f"x_{split}"], out[f"y_{split}"] = x, np.concatenate([b for _, b in parts])
+    return out

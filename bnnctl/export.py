@@ -4,15 +4,21 @@ Formats (``out`` is always a folder, written under a temporary name next to it a
 renamed into place when complete, so a crash never leaves a half-written export):
 
 - ``safetensors``: one ``<model_id>.safetensors`` per model, tensors named as the PyTorch
-  state_dict ("0.weight", "0.bias", ...), header metadata ``model_id``, ``arch`` (JSON),
-  ``sha256`` (of the stored row), ``dtype``; plus ``metadata.parquet`` (the manifest rows
-  and a ``file`` column) and a ``README.md`` model card (Hugging Face style front matter).
+  state_dict ("0.weight", "0.bias", ... of an MLP; "conv1.weight", "fc1.bias", ... of a
+  conv net, as :meth:`~bnnctl.arch.ConvSpec.module` names them), header metadata
+  ``model_id``, ``arch`` (JSON), ``sha256`` (of the stored row), ``dtype``; plus
+  ``metadata.parquet`` (the manifest rows and a ``file`` column) and a ``README.md``
+  model card (Hugging Face style front matter).
   ``dtype='float16'`` halves the size, as Laurent et al.'s released dataset.
 - ``npz``: one ``models.npz`` with ``params [n, P]``, ``model_id [n]``, ``sha256 [n]``,
   ``arch`` and ``layout`` (JSON strings); loads with ``np.load(allow_pickle=False)``.
-- ``torch``: one ``<model_id>.pt`` state_dict per model (tensors only), which loads into
-  ``bnnctl.arch.modules.build(arch)`` and into a plain ``nn.Sequential`` of
-  Linear/activation (/Dropout) layers with ``torch.load(path, weights_only=True)``.
+- ``torch``: one ``<model_id>.pt`` state_dict per model (tensors only), which loads with
+  ``torch.load(path, weights_only=True)`` into ``bnnctl.arch.modules.build(arch)`` and a
+  plain ``nn.Sequential`` of Linear/activation (/Dropout) layers (an MLP), or into
+  ``arch_from_json(arch).module()`` (a conv net).
+
+Every format works for MLPs and conv nets alike (``arch`` is read with
+:func:`bnnctl.arch.arch_from_json`).
 
 Only the ``torch`` format imports torch.
 """
@@ -29,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import AnyArch, ArchSpec, arch_from_json
 from bnnctl.errors import ENVIRONMENT_ERRNOS, EnvironmentFault, UsageError, environment_fault
 from bnnctl.store import DTYPES, Store
 from bnnctl.store.manifest import select_rows
@@ -132,15 +138,17 @@ def _write(
         files.append(_write_npz(rows, np.stack(list(params)), dtypes, folder))
     else:
         for i, rec in enumerate(rows.itertuples(index=False)):
-            arch = ArchSpec.from_json(rec.arch)
+            arch = arch_from_json(rec.arch)
             row = params[i].astype(dtypes[i])
             path = folder / f"{stems[i]}.{'safetensors' if fmt == 'safetensors' else 'pt'}"
             if fmt == "safetensors":
                 _write_safetensors(arch, row, rec, path)
-            else:
+            elif isinstance(arch, ArchSpec):
                 from bnnctl.arch import modules  # torch, for this format only
 
                 modules.save(arch, row, path)
+            else:
+                _save_torch(arch, row, path)
             files.append(path)
     meta = rows.assign(
         file=[f.name for f in files] if fmt != "npz" else files[0].name, export_dtype=dtypes
@@ -150,7 +158,15 @@ def _write(
     return [*files, folder / "metadata.parquet", folder / "README.md"]
 
 
-def _write_safetensors(arch: ArchSpec, row: np.ndarray, rec, path: Path) -> None:
+def _save_torch(arch: AnyArch, row: np.ndarray, path: Path) -> None:
+    """One row as a plain PyTorch state_dict file (tensors only, the module's names)."""
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(row))
+    torch.save({k: v.contiguous() for k, v in arch.state_dict(t).items()}, path)
+
+
+def _write_safetensors(arch: AnyArch, row: np.ndarray, rec, path: Path) -> None:
     from safetensors.numpy import save_file
 
     tensors = {
@@ -174,7 +190,7 @@ def _write_npz(rows: pd.DataFrame, params: np.ndarray, dtypes: list[str], folder
         raise UsageError(
             "--to npz needs one dtype; the selection mixes float16 and float32 rows: pass --dtype"
         )
-    arch = ArchSpec.from_json(rows["arch"].iloc[0])
+    arch = arch_from_json(rows["arch"].iloc[0])
     path = folder / "models.npz"
     np.savez(
         path,
@@ -204,6 +220,25 @@ def model_card(meta: pd.DataFrame, fmt: str) -> str:
         "npz": 'z = np.load("models.npz", allow_pickle=False)'
         "  # params [n, P], model_id, layout (JSON)",
     }[fmt]
+    kinds = {_kind(a) for a in meta["arch"]}
+    if kinds == {"cnn"}:
+        build = "net = arch_from_json(arch_json).module()  # the ConvSpec's nn.Sequential"
+        layers = (
+            "named as `ConvSpec.module()`, an\n`nn.Sequential` of "
+            "Conv2d/Linear/activation/pool layers, names them"
+        )
+    elif kinds == {"mlp"}:
+        build = "net = build(arch_from_json(arch_json))   # or your own nn.Sequential"
+        layers = "in the order of an\n`nn.Sequential` of Linear/activation(/Dropout) layers"
+    else:
+        build = (
+            "spec = arch_from_json(arch_json)\n"
+            'net = spec.module() if spec.kind == "cnn" else build(spec)'
+        )
+        layers = (
+            "an MLP's in the order of an\n`nn.Sequential` of Linear/activation(/Dropout) "
+            "layers, a conv net's as\n`ConvSpec.module()` names them"
+        )
     return f"""---
 library_name: bnnctl
 tags: [bayesian-neural-networks, model-zoo, weight-space, {fmt}]
@@ -218,17 +253,27 @@ datasets: [{datasets}]
 - file dtype: {", ".join(sorted(set(meta["export_dtype"])))}
 {acc_line}
 `metadata.parquet` holds one manifest row per model (training configuration, metrics,
-lineage, the sha256 of the row as stored) and the `file` it is in. Tensors use PyTorch
-`state_dict` names and conventions (Linear weight is `[out, in]`), in the order of an
-`nn.Sequential` of Linear/activation(/Dropout) layers:
+lineage, the sha256 of the row as stored, its `arch` as JSON) and the `file` it is in.
+Tensors use PyTorch `state_dict` names and conventions (Linear weight is `[out, in]`,
+Conv2d weight `[out, in/groups, k, k]`), {layers}:
 
 ```python
+import numpy as np
+import pandas as pd
 import torch
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import arch_from_json
 from bnnctl.arch.modules import build
-net = build(ArchSpec.from_json(arch_json))   # or your own nn.Sequential
+arch_json = pd.read_parquet("metadata.parquet")["arch"].iloc[0]
+{build}
 {load}
 ```
 
 Import back into a store with `bnnctl import <folder> --dataset <name>`.
 """
+
+
+def _kind(arch_json: str) -> str:
+    try:
+        return str(json.loads(arch_json).get("kind", "mlp"))
+    except (ValueError, AttributeError):
+        return "mlp"

@@ -8,8 +8,10 @@ bytes unchanged, and no marker file from any attempt to inject code.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import shutil
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,6 +163,38 @@ class Evil:
 def pickle_bomb(store: Path, tmp: Path) -> None:
     (tmp / "evil").mkdir()
     torch.save({"0.weight": Evil()}, tmp / "evil" / "m.pt")
+
+
+def tgz(name: str, member: str, **attrs) -> Callable[[Path, Path], None]:
+    """An archive ``name`` holding one good mlp:2-3-2 checkpoint and a hostile ``member``
+    (an absolute or ``..`` path, or a link: TarInfo ``attrs``)."""
+
+    def make(store: Path, tmp: Path) -> None:
+        checkpoints("ok")(store, tmp)
+        good = (tmp / "ok" / "m0.safetensors").read_bytes()
+        with tarfile.open(tmp / name, "w:gz") as tar:
+            for mname, data, extra in (("m0.safetensors", good, {}), (member, good, attrs)):
+                info = tarfile.TarInfo(mname)
+                info.size = 0 if extra else len(data)
+                for k, v in extra.items():
+                    setattr(info, k, v)
+                tar.addfile(info, None if extra else io.BytesIO(data))
+
+    return make
+
+
+def cifar(name: str, cut: str) -> Callable[[Path, Path], None]:
+    """A CIFAR-10 binary folder (2 records per batch) whose file ``cut`` lost 7 bytes."""
+
+    def make(store: Path, tmp: Path) -> None:
+        from bnnctl.data import CIFAR_FILES, CIFAR_RECORD
+
+        for f in CIFAR_FILES:
+            data = bytes([3]) + bytes(CIFAR_RECORD - 1)
+            data = (data * 2)[: -7 if f == cut else None]
+            write(f"{name}/{f}", data)(store, tmp)
+
+    return make
 
 
 def make_file(name: str) -> Callable[[Path, Path], None]:
@@ -443,6 +477,64 @@ CASES = [
         "no bnnctl store",
         store_arg=False,
     ),
+    # archives and CIFAR-10 data: hostile members and truncated files refused by name
+    Case(
+        "import-tgz-dotdot",
+        ["import", "{tmp}/evil.tgz", "--arch", "mlp:2-3-2", "--dataset", "moons"],
+        1,
+        "member '../" + MARKER + ".safetensors' has a '..' path part",
+        tgz("evil.tgz", f"../{MARKER}.safetensors"),
+    ),
+    Case(
+        "import-tgz-absolute",
+        ["import", "{tmp}/evil.tgz", "--arch", "mlp:2-3-2", "--dataset", "moons"],
+        1,
+        "has an absolute path",
+        tgz("evil.tgz", f"/tmp/{MARKER}.safetensors"),
+    ),
+    Case(
+        "import-tgz-symlink",
+        ["import", "{tmp}/evil.tgz", "--dataset", "moons"],
+        1,
+        "member 'm1.safetensors' is a link",
+        tgz("evil.tgz", "m1.safetensors", type=tarfile.SYMTYPE, linkname="/etc/passwd"),
+    ),
+    Case(
+        "import-tgz-device",
+        ["import", "{tmp}/evil.tgz", "--dataset", "moons"],
+        1,
+        "is a device or FIFO",
+        tgz("evil.tgz", "zero", type=tarfile.CHRTYPE, devmajor=1, devminor=5),
+    ),
+    Case(
+        "import-tgz-garbage",
+        ["import", "{tmp}/x.tgz", "--dataset", "moons"],
+        1,
+        "x.tgz: not a readable .tgz archive",
+        write("x.tgz", b"\x1f\x8b\x08garbage"),
+    ),
+    Case(
+        "train-cifar-truncated",
+        ["train", "--data", "{tmp}/cifar", "--arch", "cifar_small", "--epochs", "1"],
+        1,
+        "data_batch_2.bin: 6139 bytes is not a whole number",
+        cifar("cifar", "data_batch_2.bin"),
+    ),
+    Case(
+        "import-cifar-truncated",
+        ["import", "{tmp}/ck", "--data", "{tmp}/cifar", "--arch", "cifar_small"],
+        1,
+        "test_batch.bin",
+        cifar("cifar", "test_batch.bin"),
+    ),
+    Case(
+        "train-cifar-pickled",
+        ["train", "--data", "{tmp}/cifar-10-batches-py", "--arch", "cifar_small"],
+        1,
+        "never unpickles",
+        write("cifar-10-batches-py/data_batch_1", b"\x80\x04pickled"),
+    ),
+    Case("train-cifar10-no-data", ["train", "--dataset", "cifar10"], 2, "--data FOLDER"),
     # the app itself
     Case("unknown-command", ["frobnicate"], 2, "No such command", store_arg=False),
     Case("unknown-flag", ["ls", "--frob"], 2, "No such option"),

@@ -54,8 +54,8 @@ def export_cmd(
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
-    """Export a selection of checkpoints as safetensors, one .npz or PyTorch state_dicts,
-    with a metadata Parquet and a README model card.
+    """Export a selection of checkpoints (MLPs or conv nets) as safetensors, one .npz or
+    PyTorch state_dicts, with a metadata Parquet and a README model card.
 
     Example: bnnctl ls --where "seed < 100" --format ids | bnnctl export --ids - out/
     """
