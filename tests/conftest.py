@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (``pytestmark = usefixtures("one_thread")``): small
+    problems, where OpenMP barriers stall on a busy machine, and bit-for-bit checks."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

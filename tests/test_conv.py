@@ -24,7 +24,7 @@ from bnnctl.symmetry.action import flip_, l2_mass, permute_, scale_
 from bnnctl.symmetry.canonical import canonicalize
 from bnnctl.symmetry.transform import KEYS, make_transform
 
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 
 # --- the presets, written out by hand -------------------------------------------------

@@ -16,12 +16,7 @@ from bnnctl.cli import app
 ARCH = "cnn:1x8x8/c6k3nb-r-c6k3g3-r-gap-l12-r-l10"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def module_outputs(arch, row: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -26,12 +26,7 @@ TINY = "cnn:1x8x8/c4k3-r-m2-c8k3-r-gap-l10"  # 426 params, digits' 64 flat featu
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stacked(arch: ConvSpec, m: int, seed: int = 0) -> torch.Tensor:

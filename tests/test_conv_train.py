@@ -42,12 +42,7 @@ OPTUNET_LIKE = TrainConfig(
 )
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def synthetic_images(n_train: int = 256, n_test: int = 64, seed: int = 0) -> Dataset:

@@ -26,14 +26,7 @@ from bnnctl.samplers.registry import REGISTRY
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These problems are tiny: one thread avoids OpenMP barriers, which stall for a
-    whole scheduler slice when the shared machine is busy."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- fixtures: problems with known answers -------------------------------------------

@@ -24,13 +24,7 @@ from bnnctl.samplers.posterior import LogPosterior
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny problems: one thread avoids OpenMP barriers stalling on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def linreg(n=20, prior_var=0.05, noise=0.5, seed=0):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bnnctl.arch import LEAKY_SLOPE, ArchSpec
+from bnnctl.arch import LEAKY_SLOPE, AnyArch, ArchSpec
 from bnnctl.errors import DataError
 
 
@@ -62,7 +62,7 @@ def load(arch: ArchSpec, row: np.ndarray | torch.Tensor) -> nn.Sequential:
     return net.eval()
 
 
-def check_state_dict(arch: ArchSpec, sd: dict, source: str = "state_dict") -> None:
+def check_state_dict(arch: AnyArch, sd: dict, source: str = "state_dict") -> None:
     """Refuse a state_dict whose names or shapes differ from ``arch``'s layout, naming
     ``source`` (e.g. the file it came from) and the first difference."""
     names = [t.name for t in arch.layout]

@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from bnnctl.arch import PRESETS, AnyArch, ArchSpec, ConvSpec, arch_from_json
+from bnnctl.arch.modules import check_state_dict
 from bnnctl.data import Dataset
 from bnnctl.engines import population as popmod
 from bnnctl.errors import DataError, UsageError
@@ -266,7 +267,7 @@ def infer_arch(
         raise UsageError(f"{source}: layer indices step by 3 (dropout layers): pass --dropout RATE")
     widths = (weights[0].shape[1], *(w.shape[0] for w in weights))
     arch = ArchSpec(widths, activation, (dropout or 0.0) if step == 3 else 0.0)
-    check_tensors(arch, sd, source)
+    check_state_dict(arch, sd, source)
     return arch
 
 
@@ -286,24 +287,6 @@ def infer_any_arch(
         f"{source}: cannot infer an architecture from tensor names like {next(iter(sd), '')!r} "
         f"(neither an MLP nor a conv preset: {', '.join(PRESETS)}); pass --arch"
     )
-
-
-def check_tensors(arch: AnyArch, sd: dict, source: str = "state_dict") -> None:
-    """Refuse a state_dict whose names or shapes differ from ``arch``'s layout, naming
-    ``source`` and the tensors at fault (missing, unexpected or mis-shaped)."""
-    names = [t.name for t in arch.layout]
-    if set(sd) != set(names):
-        extra, missing = sorted(set(sd) - set(names)), sorted(set(names) - set(sd))
-        raise DataError(
-            f"{source}: tensor names do not match {arch.name} "
-            f"(unexpected {extra[:4] or 'none'}, missing {missing[:4] or 'none'})"
-        )
-    for t in arch.layout:
-        shape = tuple(sd[t.name].shape)
-        if shape != t.shape:
-            raise DataError(
-                f"{source}: tensor {t.name} has shape {shape}, expected {t.shape} for {arch.name}"
-            )
 
 
 def _numpy(t: torch.Tensor, source: str) -> np.ndarray:
@@ -340,7 +323,7 @@ def _load_all(
                 else infer_any_arch(sd, ck.label, activation, dropout)
             )
         arrays = {k: _numpy(v, ck.label) for k, v in sd.items()}
-        check_tensors(arch, arrays, ck.label)
+        check_state_dict(arch, arrays, ck.label)
         if dtype is not None:  # a cast that overflows float16 is caught as non-finite below
             with np.errstate(over="ignore"):
                 arrays = {k: a.astype(dtype, copy=False) for k, a in arrays.items()}
