@@ -23,7 +23,7 @@ import numpy as np
 
 from bnnctl.errors import DataError, UsageError, one_line
 
-BUILTIN = ("digits", "moons")
+BUILTIN = ("digits", "digits28", "moons")
 #: Datasets read from the user's copy with ``--data FOLDER`` (never downloaded).
 FROM_FOLDER = ("cifar10",)
 SPLITS = ("x_train", "y_train", "x_test", "y_test")
@@ -162,6 +162,8 @@ def load_dataset(name: str | None = "digits", path: str | Path | None = None) ->
         return validate(name or p.stem, _read_npz(p))
     if name == "digits":
         return _digits()
+    if name == "digits28":
+        return _digits28()
     if name == "moons":
         return _moons()
     if name == "cifar10":
@@ -182,6 +184,30 @@ def _digits() -> Dataset:
     x, y = load_digits(return_X_y=True)
     xtr, xte, ytr, yte = train_test_split(x / 16.0, y, test_size=0.2, stratify=y, random_state=0)
     return validate("digits", {"x_train": xtr, "y_train": ytr, "x_test": xte, "y_test": yte})
+
+
+def _digits28() -> Dataset:
+    """A stand-in for MNIST that ships with bnnctl: the ``digits`` split, each 8x8 image
+    upsampled to 20x20 (bilinear) and centred in 28x28 with a 4-pixel border, as MNIST
+    digits sit in their frame; values in [0, 1]. So 28x28 conv nets (``optunet``) run on
+    a fresh machine; real MNIST comes from ``--data``."""
+    from scipy.ndimage import zoom
+
+    d = _digits()
+
+    def to28(x: np.ndarray) -> np.ndarray:
+        img = zoom(x.reshape(-1, 8, 8), (1, 2.5, 2.5), order=1).clip(0.0, 1.0)
+        return np.pad(img, ((0, 0), (4, 4), (4, 4))).reshape(len(x), -1)
+
+    return validate(
+        "digits28",
+        {
+            "x_train": to28(d.x_train),
+            "y_train": d.y_train,
+            "x_test": to28(d.x_test),
+            "y_test": d.y_test,
+        },
+    )
 
 
 def _moons() -> Dataset:

@@ -54,3 +54,27 @@ def test_optunet_on_digits_is_a_one_line_usage_error(tmp_path):
     )
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "1x28x28" in r.stderr and "64 features" in r.stderr
+
+
+def test_digits28_is_digits_upsampled_into_an_mnist_frame():
+    from scipy.ndimage import zoom
+
+    d8, d28 = load_dataset("digits"), load_dataset("digits28")
+    assert d28.x_train.shape == (len(d8.x_train), 784) and d28.n_classes == 10
+    np.testing.assert_array_equal(d28.y_test, d8.y_test)
+    img = d28.x_test.reshape(-1, 28, 28)
+    assert 0.0 <= img.min() and img.max() <= 1.0
+    border = np.ones((28, 28), bool)
+    border[4:24, 4:24] = False
+    assert (img[:, border] == 0).all()  # MNIST-like: the digit sits in the central 20x20
+    back = zoom(img[:, 4:24, 4:24], (1, 0.4, 0.4), order=1).reshape(len(img), -1)
+    assert np.abs(back - d8.x_test).mean() < 0.1  # the same digits, resampled
+
+
+def test_optunet_trains_on_digits28_out_of_the_box(tmp_path):
+    path = str(tmp_path / "o.zarr")
+    args = ["train", "--arch", "optunet", "--dataset", "digits28", "--seeds", "2"]
+    r = CliRunner().invoke(app, [*args, "--epochs", "1", "--store", path, "--quiet"])
+    assert r.exit_code == 0, r.stderr
+    man = Store.open(path).manifest()
+    assert list(man["arch_name"]) == ["optunet", "optunet"] and (man["dataset"] == "digits28").all()

@@ -190,7 +190,8 @@ DatasetOpt = Annotated[
     typer.Option(
         "--dataset",
         "-d",
-        help="Built-in dataset (digits, moons), or the name for --data (e.g. mnist, cifar10).",
+        help="Built-in dataset (digits, digits28: digits in a 28x28 frame, moons), or the "
+        "name for --data (e.g. mnist, cifar10).",
     ),
 ]
 DataOpt = Annotated[
