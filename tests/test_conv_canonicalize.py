@@ -63,7 +63,7 @@ def test_digits28_is_digits_upsampled_into_an_mnist_frame():
     assert d28.x_train.shape == (len(d8.x_train), 784) and d28.n_classes == 10
     np.testing.assert_array_equal(d28.y_test, d8.y_test)
     img = d28.x_test.reshape(-1, 28, 28)
-    assert 0.0 <= img.min() and img.max() <= 1.0
+    assert img.min() >= 0.0 and img.max() <= 1.0
     border = np.ones((28, 28), bool)
     border[4:24, 4:24] = False
     assert (img[:, border] == 0).all()  # MNIST-like: the digit sits in the central 20x20
