@@ -1,7 +1,7 @@
 """Export a selection of checkpoints to files others can load.
 
-Formats (``out`` is always a folder, written under a temporary name next to it and
-renamed into place when complete, so a crash never leaves a half-written export):
+Formats (``out`` is a folder, written under a temporary name next to it and renamed
+into place when complete, so a crash never leaves a half-written export):
 
 - ``safetensors``: one ``<model_id>.safetensors`` per model, tensors named as the PyTorch
   state_dict ("0.weight", "0.bias", ... of an MLP; "conv1.weight", "fc1.bias", ... of a
@@ -20,14 +20,27 @@ renamed into place when complete, so a crash never leaves a half-written export)
 Every format works for MLPs and conv nets alike (``arch`` is read with
 :func:`bnnctl.arch.arch_from_json`).
 
+``archive=True`` (``safetensors`` only) writes the release layout of "A Symmetry-Aware
+Exploration of BNN Posteriors" instead of a folder: ``out`` is one gzip tar
+(``.tgz``/``.tar.gz``) holding the ``<model_id>.safetensors`` files, ``metadata.parquet``
+and ``README.md`` at its root, written to a temporary file beside ``out`` and renamed
+at the end. Archives are deterministic (members sorted by name, mtime 0, uid/gid 0, no
+owner names, gzip header without name or time, safetensors headers with sorted keys):
+exporting the same rows twice gives byte-identical files. ``bnnctl import`` reads them
+back (it skips the non-checkpoint members).
+
 Only the ``torch`` format imports torch.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
+import os
 import re
 import shutil
+import struct
+import tarfile
 import uuid
 from enum import Enum
 from pathlib import Path
@@ -51,6 +64,8 @@ class ExportFormat(str, Enum):
 
 
 FORMATS = tuple(f.value for f in ExportFormat)
+#: Names an ``archive`` export may have (those ``bnnctl import`` reads as archives).
+ARCHIVE_SUFFIXES = (".tgz", ".tar.gz")
 
 
 # --- export ------------------------------------------------------------------------------
@@ -65,13 +80,18 @@ def export(
     force: bool = False,
     where: str | None = None,
     ids: list[str] | None = None,
+    archive: bool = False,
 ) -> list[Path]:
     """Write ``rows`` (or the rows ``where`` or ``ids`` select) to the folder ``out`` in
     format ``fmt``; returns the files written. ``dtype`` (float32 | float16) defaults to
     each row's stored dtype. Refuses a non-empty ``out`` unless ``force`` (then it is
-    replaced whole, after the new export is complete)."""
+    replaced whole, after the new export is complete). With ``archive`` (safetensors
+    only), ``out`` is a ``.tgz``/``.tar.gz`` file packing what the folder would hold
+    (returns ``[out]``); an existing file is replaced only with ``force``."""
     if fmt not in FORMATS:
         raise UsageError.choice("fmt", fmt, FORMATS)
+    if archive:
+        _check_archive_request(fmt, Path(out), force)
     if dtype not in (None, *DTYPES):
         raise UsageError.choice("dtype", dtype, DTYPES)
     store = store if isinstance(store, Store) else Store.open(store)
@@ -84,6 +104,8 @@ def export(
             "--to npz stacks one architecture; the selection has several (use safetensors or torch)"
         )
     out = Path(out)
+    if archive:
+        return [_export_archive(store, rows.reset_index(drop=True), fmt, out, dtype)]
     if out.exists() and not out.is_dir():
         raise UsageError(f"export destination {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()) and not force:
@@ -103,6 +125,75 @@ def export(
             raise environment_fault(e, f"exporting to {out}", "nothing written") from None
         raise
     return [out / f.name for f in files]
+
+
+def _check_archive_request(fmt: str, out: Path, force: bool) -> None:
+    """Refuse an archive export that could not be what ``bnnctl import`` reads, or that
+    would replace something without ``force`` (before anything is read or written)."""
+    if fmt != "safetensors":
+        raise UsageError(
+            f"`archive` packs safetensors files (the release format); not `fmt` {fmt!r}",
+            "archive",
+        )
+    if out.is_dir():
+        raise UsageError(f"export archive {out} is a folder, not a file")
+    if not out.name.endswith(ARCHIVE_SUFFIXES):
+        raise UsageError(
+            f"archive {out} must be named {' or '.join('*' + s for s in ARCHIVE_SUFFIXES)} "
+            "(what `bnnctl import` reads)",
+            "archive",
+        )
+    if out.exists() and not force:
+        raise UsageError(f"export archive {out} exists; pass --force to replace it")
+
+
+def _export_archive(
+    store: Store, rows: pd.DataFrame, fmt: str, out: Path, dtype: str | None
+) -> Path:
+    """Write the folder export under a temporary folder, pack it into a temporary file
+    beside ``out`` and rename that into place; nothing is left behind on any failure."""
+    tag = uuid.uuid4().hex[:8]
+    tmp_dir = out.parent / f".{out.name}.tmp-{tag}"
+    tmp_file = out.parent / f".{out.name}.tmp-{tag}.part"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp_dir.mkdir()
+    except OSError as e:
+        raise EnvironmentFault(f"cannot write to {out}: {(e.strerror or str(e)).lower()}") from None
+    try:
+        files = _write(store, rows, fmt, tmp_dir, dtype)
+        write_tgz(tmp_file, files)
+        os.replace(tmp_file, out)
+    except BaseException as e:
+        tmp_file.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
+            raise environment_fault(e, f"exporting to {out}", "nothing written") from None
+        raise
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    return out
+
+
+def write_tgz(path: Path, files: list[Path], level: int = 6) -> None:
+    """A deterministic gzip tar at ``path`` of ``files`` at its root: members sorted by
+    name, regular files of mode 0644, mtime 0, uid/gid 0 without owner names, and a gzip
+    header without file name or time; flushed to disk before it returns."""
+    with open(path, "wb") as raw:
+        with (
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=level, mtime=0) as gz,
+            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+        ):
+            for f in sorted(files, key=lambda p: p.name):
+                info = tarfile.TarInfo(f.name)
+                info.size = f.stat().st_size
+                info.mtime = 0
+                info.mode = 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                with open(f, "rb") as fh:
+                    tar.addfile(info, fh)
+        raw.flush()
+        os.fsync(raw.fileno())
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
@@ -166,9 +257,32 @@ def _save_torch(arch: AnyArch, row: np.ndarray, path: Path) -> None:
     torch.save({k: v.contiguous() for k, v in arch.state_dict(t).items()}, path)
 
 
-def _write_safetensors(arch: AnyArch, row: np.ndarray, rec, path: Path) -> None:
-    from safetensors.numpy import save_file
+#: safetensors' names of the dtypes an export writes.
+_ST_DTYPES = {np.dtype(np.float16): "F16", np.dtype(np.float32): "F32"}
 
+
+def safetensors_bytes(tensors: dict[str, np.ndarray], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of ``tensors`` (in their order), byte for byte the same for the
+    same input: the header is JSON with sorted metadata keys (the safetensors library
+    writes them in hash order, which changes from run to run), padded with spaces to a
+    multiple of 8 bytes as the format asks."""
+    header: dict[str, object] = {"__metadata__": dict(sorted(metadata.items()))}
+    blobs, offset = [], 0
+    for name, a in tensors.items():
+        data = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<")).tobytes()
+        header[name] = {
+            "dtype": _ST_DTYPES[a.dtype],
+            "shape": list(a.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return b"".join([struct.pack("<Q", len(text)), text, *blobs])
+
+
+def _write_safetensors(arch: AnyArch, row: np.ndarray, rec, path: Path) -> None:
     tensors = {
         t.name: np.ascontiguousarray(row[t.offset : t.offset + t.size].reshape(t.shape))
         for t in arch.layout
@@ -182,7 +296,7 @@ def _write_safetensors(arch: AnyArch, row: np.ndarray, rec, path: Path) -> None:
         "dtype": str(row.dtype),
         "bnnctl_version": __version__,
     }
-    save_file(tensors, str(path), metadata=meta)
+    path.write_bytes(safetensors_bytes(tensors, meta))
 
 
 def _write_npz(rows: pd.DataFrame, params: np.ndarray, dtypes: list[str], folder: Path) -> Path:

@@ -63,3 +63,10 @@ def test_bench_canonicalize_e2e_quick():
     out = json.loads(quick("bench_canonicalize_e2e.py", "--json"))
     assert out["models"] == 64 and out["models_per_s"] > 0
     assert out["stages_s"]["read params (with sha256)"] > 0 and out["stages_s"]["report: whole"] > 0
+
+
+def test_bench_import_quick():
+    out = json.loads(quick("bench_import.py", "--json"))
+    assert out["models"] == 64 and out["archives"] == 2 and out["imports_per_s"] > 0
+    assert out["stages_s"]["read archives (gunzip + tar)"] > 0
+    assert out["stages_s"]["evaluate (metrics)"] > 0 and out["stages_s"]["commit blocks"] > 0

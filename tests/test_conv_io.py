@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import load_file, save
+from safetensors.torch import load, load_file, save
 from typer.testing import CliRunner
 
 from bnnctl import Store
@@ -397,3 +397,139 @@ def test_cifar10_bad_inputs(tmp_path):
     )
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 1 and len(lines) == 1 and "data_batch_3.bin" in lines[0]
+
+
+# --- export as a release archive ------------------------------------------------------------
+
+
+def export_cli(store: Path, *args: str):
+    return runner.invoke(
+        app, ["export", "--where", "population == 'opt'", "--store", str(store)] + list(args)
+    )
+
+
+def one_line_usage_error(r) -> str:
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 1, (r.exit_code, r.stderr)
+    return lines[0]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_archive_export_imports_back_with_the_same_sha256(conv_store, tmp_path, dtype):
+    st = conv_store
+    man = st.manifest().sort_values("model_id").reset_index(drop=True)
+    path = tmp_path / "s.zarr"  # conv_store's
+    out = tmp_path / "zoo.tgz"
+    r = export_cli(path, "--dtype", dtype, "--archive", str(out))
+    assert r.exit_code == 0, r.output
+    assert f"to {out} (1 archive)" in r.stderr
+    names = sorted(f"{m}.safetensors" for m in man["model_id"])
+    with tarfile.open(out, "r:gz") as tar:
+        infos = tar.getmembers()
+        assert [m.name for m in infos] == sorted([*names, "metadata.parquet", "README.md"])
+        assert all(m.isfile() and m.mtime == 0 and m.uid == m.gid == 0 for m in infos)
+        assert all(m.uname == m.gname == "" and m.mode == 0o644 for m in infos)
+        members = {m.name: tar.extractfile(m).read() for m in infos}  # type: ignore[union-attr]
+    meta = pd.read_parquet(io.BytesIO(members["metadata.parquet"]))
+    assert sorted(meta["file"]) == names and (meta["export_dtype"] == dtype).all()
+    assert members["README.md"].decode().startswith("---\nlibrary_name: bnnctl")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    # the same rows again: byte-identical (and --force replaces it with the same bytes)
+    again = tmp_path / "again.tar.gz"
+    assert export_cli(path, "--dtype", dtype, "--archive", str(again)).exit_code == 0
+    assert again.read_bytes() == out.read_bytes()
+    before = out.read_bytes()
+    r = export_cli(path, "--dtype", dtype, "--archive", str(out), "--force")
+    assert r.exit_code == 0 and out.read_bytes() == before
+    # import into another store: the same sha256 per model, in the exported dtype
+    other = tmp_path / "other.zarr"
+    r = runner.invoke(
+        app, ["import", str(out), "--data", str(mnist_like(tmp_path)), "--store", str(other)]
+    )
+    assert r.exit_code == 0, r.output
+    back = Store.open(other).manifest().set_index("model_id")
+    want = st.read_params(man).astype(dtype)
+    assert sorted(back.index) == [f"zoo.{m}" for m in man["model_id"]]
+    for k, m in enumerate(man["model_id"]):
+        assert back.loc[f"zoo.{m}", "sha256"] == row_sha256(want[k])
+        assert back.loc[f"zoo.{m}", "dtype"] == dtype
+        if dtype == "float32":
+            assert back.loc[f"zoo.{m}", "sha256"] == man.loc[k, "sha256"]
+    # the imported rows compute what the plain nn.Module loaded from the member computes
+    ost = Store.open(other)
+    rows = ost.manifest().sort_values("model_id").reset_index(drop=True)
+    params = torch.from_numpy(ost.read_params(rows))
+    x = torch.randn(5, 1, 28, 28)
+    got = OPTUNET.forward(params, x)
+    for k, m in enumerate(man["model_id"]):
+        sd = load(members[f"{m}.safetensors"])
+        assert all(v.dtype == getattr(torch, dtype) for v in sd.values())
+        net = OPTUNET.module().eval()
+        net.load_state_dict({name: v.float() for name, v in sd.items()})
+        with torch.no_grad():
+            torch.testing.assert_close(got[k], net(x))
+    assert ost.verify() == []
+
+
+def test_archive_export_refusals_are_one_line(conv_store, tmp_path):
+    path = tmp_path / "s.zarr"  # conv_store's
+    existing = tmp_path / "have.tgz"
+    existing.write_bytes(b"mine")
+    before = tree(tmp_path)
+    cases = [
+        (["--archive", str(existing)], "exists; pass --force"),
+        (["--to", "npz", "--archive", str(tmp_path / "n.tgz")], "not --to npz"),
+        (["--to", "torch", "--archive", str(tmp_path / "t.tgz")], "not --to torch"),
+        ([str(tmp_path / "folder"), "--archive", str(tmp_path / "f.tgz")], "not both"),
+        ([], "missing destination"),
+        (["--archive", str(tmp_path / "zoo.zip")], "must be named *.tgz or *.tar.gz"),
+        (["--archive", str(tmp_path)], "is a folder"),
+    ]
+    for args, message in cases:
+        line = one_line_usage_error(export_cli(path, *args))
+        assert message in line, (args, line)
+    assert tree(tmp_path) == before and existing.read_bytes() == b"mine"
+    # the library refuses the same way
+    with pytest.raises(UsageError, match="not `fmt` 'npz'"):
+        export(conv_store, None, "npz", tmp_path / "x.tgz", where="kind == 'import'", archive=True)
+
+
+def test_archive_export_crash_leaves_nothing(conv_store, tmp_path, monkeypatch):
+    import bnnctl.export as ex
+
+    def boom(path, files, level=6):
+        Path(path).write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex, "write_tgz", boom)
+    work = tmp_path / "work"
+    work.mkdir()
+    with pytest.raises(KeyboardInterrupt):
+        export(conv_store, conv_store.manifest(), "safetensors", work / "a.tgz", archive=True)
+    assert list(work.iterdir()) == []
+
+
+def test_deterministic_safetensors_writer_is_read_back_by_the_safetensors_library(tmp_path):
+    """bnnctl writes safetensors itself (the library orders metadata by hash, so files
+    differ run to run); the library must read them back exactly."""
+    from safetensors import safe_open
+    from safetensors.numpy import load
+
+    from bnnctl.export import safetensors_bytes
+
+    rng = np.random.default_rng(0)
+    tensors = {
+        "conv1.weight": rng.normal(size=(2, 1, 4, 4)).astype(np.float16),
+        "fc1.bias": rng.normal(size=(3,)).astype(np.float32),
+        "fc2.weight": rng.normal(size=(10, 3)).astype(np.float32),
+    }
+    meta = {"model_id": "m.000001", "sha256": "ab" * 32, "arch": '{"kind": "cnn"}'}
+    data = safetensors_bytes(tensors, meta)
+    assert data == safetensors_bytes(tensors, dict(reversed(list(meta.items()))))
+    back = load(data)
+    assert set(back) == set(tensors)
+    for k, v in tensors.items():
+        assert back[k].dtype == v.dtype and np.array_equal(back[k], v)
+    (tmp_path / "m.safetensors").write_bytes(data)
+    with safe_open(str(tmp_path / "m.safetensors"), "np") as f:
+        assert f.metadata() == meta

@@ -16,6 +16,7 @@ from bnnctl.cli.common import (
     log,
     read_ids,
 )
+from bnnctl.errors import UsageError
 from bnnctl.export import ExportFormat, export
 from bnnctl.store import Store
 from bnnctl.store.store import DType
@@ -24,8 +25,24 @@ from bnnctl.store.store import DType
 @command("export", flags={"fmt": "--to"})
 def export_cmd(
     out: Annotated[
-        str, typer.Argument(help="Destination folder (must be empty or absent unless --force).")
-    ],
+        str | None,
+        typer.Argument(
+            help="Destination folder (must be empty or absent unless --force); "
+            "leave it out with --archive."
+        ),
+    ] = None,
+    archive: Annotated[
+        str | None,
+        typer.Option(
+            "--archive",
+            metavar="FILE.tgz",
+            help=(
+                "Instead of a folder, write one deterministic .tgz/.tar.gz of the "
+                "safetensors files, metadata.parquet and README.md (the paper's release "
+                "layout; --to safetensors only)."
+            ),
+        ),
+    ] = None,
     to: Annotated[
         ExportFormat,
         typer.Option(
@@ -55,11 +72,37 @@ def export_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Export a selection of checkpoints (MLPs or conv nets) as safetensors, one .npz or
-    PyTorch state_dicts, with a metadata Parquet and a README model card.
+    PyTorch state_dicts, with a metadata Parquet and a README model card, to a folder,
+    or (safetensors) packed in one .tgz archive as "A Symmetry-Aware Exploration of BNN
+    Posteriors" releases its checkpoints.
 
     Example: bnnctl ls --where "seed < 100" --format ids | bnnctl export --ids - out/
+
+    Example: bnnctl export --where "arch_name == 'optunet'" --dtype float16 --archive out.tgz
     """
+    if archive is not None and out is not None:
+        raise UsageError(
+            f"give a destination folder or --archive FILE.tgz, not both ({out!r} and {archive!r})"
+        )
+    if archive is None and out is None:
+        raise UsageError("missing destination: give a folder, or --archive FILE.tgz")
+    if archive is not None and to is not ExportFormat.safetensors:
+        raise UsageError(
+            f"--archive packs safetensors files (the release format); not --to {to.value}"
+        )
     wanted = None if ids is None else read_ids(ids)
     st = Store.open(store, as_of=as_of)
-    files = export(st, None, to.value, out, dtype and dtype.value, force, where=where, ids=wanted)
-    log(quiet, f"exported checkpoints as {to.value} to {out} ({len(files)} files)")
+    dest = archive if archive is not None else out or ""
+    files = export(
+        st,
+        None,
+        to.value,
+        dest,
+        dtype and dtype.value,
+        force,
+        where=where,
+        ids=wanted,
+        archive=archive is not None,
+    )
+    what = "1 archive" if archive is not None else f"{len(files)} files"
+    log(quiet, f"exported checkpoints as {to.value} to {dest} ({what})")
