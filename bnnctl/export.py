@@ -104,27 +104,12 @@ def export(
             "--to npz stacks one architecture; the selection has several (use safetensors or torch)"
         )
     out = Path(out)
-    if archive:
-        return [_export_archive(store, rows.reset_index(drop=True), fmt, out, dtype)]
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"export destination {out} is a file, not a folder")
-    if out.exists() and any(out.iterdir()) and not force:
-        raise UsageError(f"export destination {out} is not empty; pass --force to replace it")
-    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.mkdir()
-    except OSError as e:
-        raise EnvironmentFault(f"cannot write to {out}: {(e.strerror or str(e)).lower()}") from None
-    try:
-        files = _write(store, rows.reset_index(drop=True), fmt, tmp, dtype)
-        _swap_into_place(tmp, out)
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
-            raise environment_fault(e, f"exporting to {out}", "nothing written") from None
-        raise
-    return [out / f.name for f in files]
+    if not archive:
+        if out.exists() and not out.is_dir():
+            raise UsageError(f"export destination {out} is a file, not a folder")
+        if out.exists() and any(out.iterdir()) and not force:
+            raise UsageError(f"export destination {out} is not empty; pass --force to replace it")
+    return _staged_export(store, rows.reset_index(drop=True), fmt, out, dtype, archive)
 
 
 def _check_archive_request(fmt: str, out: Path, force: bool) -> None:
@@ -147,31 +132,34 @@ def _check_archive_request(fmt: str, out: Path, force: bool) -> None:
         raise UsageError(f"export archive {out} exists; pass --force to replace it")
 
 
-def _export_archive(
-    store: Store, rows: pd.DataFrame, fmt: str, out: Path, dtype: str | None
-) -> Path:
-    """Write the folder export under a temporary folder, pack it into a temporary file
-    beside ``out`` and rename that into place; nothing is left behind on any failure."""
-    tag = uuid.uuid4().hex[:8]
-    tmp_dir = out.parent / f".{out.name}.tmp-{tag}"
-    tmp_file = out.parent / f".{out.name}.tmp-{tag}.part"
+def _staged_export(
+    store: Store, rows: pd.DataFrame, fmt: str, out: Path, dtype: str | None, archive: bool
+) -> list[Path]:
+    """Write the export into a temporary folder beside ``out``, then rename it into place
+    (or, for an ``archive``, pack it into a temporary file and rename that); nothing is
+    left behind on any failure."""
+    tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+    packed = tmp.with_name(tmp.name + ".part")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp_dir.mkdir()
+        tmp.mkdir()
     except OSError as e:
         raise EnvironmentFault(f"cannot write to {out}: {(e.strerror or str(e)).lower()}") from None
     try:
-        files = _write(store, rows, fmt, tmp_dir, dtype)
-        write_tgz(tmp_file, files)
-        os.replace(tmp_file, out)
+        files = _write(store, rows, fmt, tmp, dtype)
+        if not archive:
+            _swap_into_place(tmp, out)
+            return [out / f.name for f in files]
+        write_tgz(packed, files)
+        os.replace(packed, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        return [out]
     except BaseException as e:
-        tmp_file.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        packed.unlink(missing_ok=True)
         if isinstance(e, OSError) and e.errno in ENVIRONMENT_ERRNOS:
             raise environment_fault(e, f"exporting to {out}", "nothing written") from None
         raise
-    finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-    return out
 
 
 def write_tgz(path: Path, files: list[Path], level: int = 6) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import struct
 import tarfile
 import tempfile
 import time
@@ -29,21 +28,7 @@ from typing import Any
 
 import numpy as np
 
-
-def write_idx(path: Path, a: np.ndarray) -> None:
-    """An uncompressed IDX file of unsigned bytes (MNIST's format)."""
-    header = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    path.write_bytes(header + a.astype(np.uint8).tobytes())
-
-
-def idx_folder(folder: Path, n_train: int, n_test: int) -> Path:
-    """A synthetic MNIST-format folder: random 28x28 images and labels."""
-    rng = np.random.default_rng(0)
-    folder.mkdir()
-    for stem, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(folder / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{stem}-labels-idx1-ubyte", rng.integers(0, 10, n))
-    return folder
+from bnnctl.testing.images import idx_folder
 
 
 def pack(folder: Path, n: int, per_archive: int) -> int:

@@ -40,8 +40,8 @@ from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
 from bnnctl.arch import ConvSpec
-from bnnctl.data import validate
 from bnnctl.engines.train import Population, train_models
+from bnnctl.testing.images import synthetic_images
 
 
 def flops_per_model_epoch(arch: ArchSpec, n: int) -> float:
@@ -51,20 +51,43 @@ def flops_per_model_epoch(arch: ArchSpec, n: int) -> float:
     return 2.0 * n * (2 * sum(macs) + sum(macs[1:]))
 
 
-def plain_loop(arch: ArchSpec, cfg: TrainConfig, ds, n_models: int) -> float:
+def emit(out: dict, as_json: bool) -> None:
+    """Print the figures as one JSON object or as aligned lines."""
+    if as_json:
+        print(json.dumps(out))
+        return
+    for k, v in out.items():
+        print(f"{k:>22}: {v}")
+
+
+def plain_loop(arch: ArchSpec | ConvSpec, cfg: TrainConfig, ds, n_models: int) -> float:
     """Models/s of the ordinary way: one nn.Module and optimizer per model (after one
-    untimed warm-up model, as both sides get)."""
+    untimed warm-up model, as both sides get): an MLP with fused Adam, a conv net
+    (``ConvSpec.module()``) with SGD and MultiStepLR, as each population is trained."""
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    if isinstance(arch, ConvSpec):
+        x = x.view(-1, *arch.input)
     t0 = time.perf_counter()
     for seed in range(-1, n_models):
         if seed == 0:
             t0 = time.perf_counter()
         torch.manual_seed(seed)
-        layers = []
-        for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
-            layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < arch.n_layers - 1 else [])
-        net = torch.nn.Sequential(*layers)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
+        sched = None
+        if isinstance(arch, ConvSpec):
+            net = arch.module()
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            )
+            sched = torch.optim.lr_scheduler.MultiStepLR(
+                opt, list(cfg.lr_milestones), cfg.lr_gamma or 0.1
+            )
+        else:
+            layers = []
+            for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
+                layers += [torch.nn.Linear(a, b)]
+                layers += [torch.nn.ReLU()] if i < arch.n_layers - 1 else []
+            net = torch.nn.Sequential(*layers)
+            opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
         for _ in range(cfg.epochs):
             order = torch.randperm(len(x))
             for s in range(0, len(x), cfg.batch_size):
@@ -73,49 +96,8 @@ def plain_loop(arch: ArchSpec, cfg: TrainConfig, ds, n_models: int) -> float:
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-    return n_models / (time.perf_counter() - t0)
-
-
-def synthetic_images(shape: tuple[int, int, int], n_train: int, n_test: int):
-    rng = np.random.default_rng(0)
-    d = int(np.prod(shape))
-    return validate(
-        "synthetic",
-        {
-            "x_train": rng.random((n_train, d), dtype=np.float32),
-            "y_train": rng.integers(0, 10, n_train),
-            "x_test": rng.random((n_test, d), dtype=np.float32),
-            "y_test": rng.integers(0, 10, n_test),
-        },
-    )
-
-
-def plain_conv_loop(arch: ConvSpec, cfg: TrainConfig, ds, n_models: int) -> float:
-    """Models/s of one ``ConvSpec.module()`` + SGD + MultiStepLR at a time (after one
-    untimed warm-up model)."""
-    x = torch.from_numpy(ds.x_train).view(-1, *arch.input)
-    y = torch.from_numpy(ds.y_train)
-    t0 = time.perf_counter()
-    for seed in range(-1, n_models):
-        if seed == 0:
-            t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        net = arch.module()
-        opt = torch.optim.SGD(
-            net.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
-        )
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, list(cfg.lr_milestones), cfg.lr_gamma or 0.1
-        )
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(x))
-            for s in range(0, len(x), cfg.batch_size):
-                idx = order[s : s + cfg.batch_size]
-                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
     return n_models / (time.perf_counter() - t0)
 
 
@@ -142,7 +124,7 @@ def conv_main(args) -> None:
     train_models(Population("warm-up", arch, cfg, ds), [0, 1])  # untimed warm-up
     rounds = []
     for _ in range(1 if args.quick else args.rounds):  # interleaved: the machine is shared
-        plain = plain_conv_loop(arch, cfg, ds, n_plain)
+        plain = plain_loop(arch, cfg, ds, n_plain)
         with tempfile.TemporaryDirectory() as tmp:
             store = Store.open(f"{tmp}/bench.zarr", create=True)
             t0 = time.perf_counter()
@@ -167,11 +149,7 @@ def conv_main(args) -> None:
         "jobs": args.jobs,
         "threads": torch.get_num_threads(),
     }
-    if args.json:
-        print(json.dumps(out))
-        return
-    for k, v in out.items():
-        print(f"{k:>22}: {v}")
+    emit(out, args.json)
 
 
 def main() -> None:
@@ -223,11 +201,7 @@ def main() -> None:
         "jobs": args.jobs,
         "threads": torch.get_num_threads(),
     }
-    if args.json:
-        print(json.dumps(out))
-        return
-    for k, v in out.items():
-        print(f"{k:>22}: {v}")
+    emit(out, args.json)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,6 @@ tiny MNIST-format folder."""
 from __future__ import annotations
 
 import json
-import struct
 import subprocess
 import sys
 from dataclasses import asdict
@@ -20,10 +19,12 @@ from typer.testing import CliRunner
 from bnnctl import TrainConfig
 from bnnctl.arch import ConvSpec
 from bnnctl.cli import app
-from bnnctl.data import Dataset, validate
+from bnnctl.data import Dataset
 from bnnctl.engines import population as popmod
 from bnnctl.engines.train import Population, block_memory, train_models
 from bnnctl.errors import UsageError
+from bnnctl.testing.images import idx_folder, synthetic_images
+from bnnctl.testing.reference import train_reference
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -45,68 +46,9 @@ OPTUNET_LIKE = TrainConfig(
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def synthetic_images(n_train: int = 256, n_test: int = 64, seed: int = 0) -> Dataset:
-    """Random 1x28x28 images in [0, 1], 10 classes (no MNIST files here)."""
-    rng = np.random.default_rng(seed)
-    return validate(
-        "synthetic28",
-        {
-            "x_train": rng.random((n_train, 784), dtype=np.float32),
-            "y_train": rng.integers(0, 10, n_train),
-            "x_test": rng.random((n_test, 784), dtype=np.float32),
-            "y_test": rng.integers(0, 10, n_test),
-        },
-    )
-
-
 @pytest.fixture(scope="module")
 def images() -> Dataset:
     return synthetic_images()
-
-
-def reference_train(pop: Population, seed: int) -> torch.Tensor:
-    """One conv net trained the ordinary way: ``ConvSpec.module()``, torch.optim,
-    F.cross_entropy on ``[B, C, H, W]`` images. Shares only the model's random stream
-    (init, then one permutation per epoch)."""
-    arch, cfg, ds = pop.arch, pop.config, pop.dataset
-    assert isinstance(arch, ConvSpec)
-    g = pop.generator(seed)
-    net = arch.module()
-    net.load_state_dict(arch.state_dict(arch.init(g)))
-    if cfg.optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(
-            net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
-    else:
-        opt = torch.optim.SGD(
-            net.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
-    sched = None
-    if cfg.lr_milestones:
-        sched = torch.optim.lr_scheduler.MultiStepLR(
-            opt, list(cfg.lr_milestones), cfg.lr_gamma or 0.1
-        )
-    x = torch.from_numpy(ds.x_train).view(-1, *arch.input)
-    y = torch.from_numpy(ds.y_train)
-    for epoch in range(cfg.epochs):
-        if sched is None:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr_at(epoch)
-        order = torch.randperm(len(x), generator=g)
-        for s in range(0, len(x), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        if sched is not None:
-            sched.step()
-    sd = net.state_dict()
-    return torch.cat([sd[t.name].reshape(-1) for t in arch.layout])
 
 
 # Float32 rounding only: the trainer's loss gradient is the hand-written softmax of
@@ -136,7 +78,7 @@ def test_each_conv_model_matches_plain_module_training(digits, images, arch_name
     params, loss = train_models(pop, seeds)
     assert params.shape == (3, arch.n_params) and np.isfinite(loss).all()
     for i, seed in enumerate(seeds):
-        ref = reference_train(pop, seed)
+        ref = train_reference(pop, seed)
         assert (params[i] - ref).abs().max().item() < TOL
 
 
@@ -263,23 +205,8 @@ def test_config_hash_unchanged_unless_milestones_are_set(digits):
 # --- the CLI end to end ---------------------------------------------------------------
 
 
-def write_idx(path: Path, a: np.ndarray) -> None:
-    """An uncompressed IDX file of unsigned bytes (MNIST's format)."""
-    header = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    path.write_bytes(header + a.astype(np.uint8).tobytes())
-
-
-def tiny_mnist(folder: Path, n_train: int = 192, n_test: int = 64) -> Path:
-    rng = np.random.default_rng(3)
-    folder.mkdir()
-    for stem, n in (("train", n_train), ("t10k", n_test)):
-        write_idx(folder / f"{stem}-images-idx3-ubyte", rng.integers(0, 256, (n, 28, 28)))
-        write_idx(folder / f"{stem}-labels-idx1-ubyte", rng.integers(0, 10, n))
-    return folder
-
-
 def test_cli_trains_optunet_on_an_idx_folder_and_verifies(tmp_path):
-    data = tiny_mnist(tmp_path / "mnist")
+    data = idx_folder(tmp_path / "mnist", 192, 64, seed=3)
     s = str(tmp_path / "s.zarr")
     args = ["train", "--arch", "optunet", "--data", str(data), "--seeds", "3"]
     args += ["--optimizer", "sgd", "--lr", "0.04", "--weight-decay", "2e-4", "--epochs", "3"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import struct
-
 import numpy as np
 import pytest
 import torch
@@ -13,6 +10,7 @@ from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 from bnnctl.data import load_dataset, read_idx
 from bnnctl.errors import DataError, UsageError
 from bnnctl.evaluate.metrics import classification, ece
+from bnnctl.testing.images import write_idx
 
 
 def test_builtin_datasets():
@@ -80,12 +78,6 @@ def test_malformed_and_missing_files(tmp_path):
         load_dataset(None, tmp_path / "nope.npz")
     with pytest.raises(UsageError, match="unknown dataset"):
         load_dataset("imagenet")
-
-
-def write_idx(path, a: np.ndarray, gz: bool = False):
-    header = bytes([0, 0, 0x08, a.ndim]) + struct.pack(f">{a.ndim}I", *a.shape)
-    raw = header + a.astype(np.uint8).tobytes()
-    path.write_bytes(gzip.compress(raw) if gz else raw)
 
 
 def test_idx_folder(tmp_path):

@@ -10,40 +10,9 @@ import torch
 from bnnctl import ArchSpec, Store, TrainConfig, train
 from bnnctl.engines.train import Population, train_models
 from bnnctl.errors import ConflictError, UsageError
-from bnnctl.testing.reference import build_module
+from bnnctl.testing.reference import train_reference
 
 SMALL = ArchSpec((64, 16, 12, 10))
-
-
-def reference_train(pop: Population, seed: int) -> torch.Tensor:
-    """One model trained the ordinary way: nn.Module, torch.optim, F.cross_entropy.
-    Shares only the model's random stream (init, then one permutation per epoch)."""
-    arch, cfg, ds = pop.arch, pop.config, pop.dataset
-    g = pop.generator(seed)
-    net = build_module(arch)
-    net.load_state_dict(arch.state_dict(arch.init(g)))
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.SGD(
-            net.parameters(),
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
-    for epoch in range(cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        order = torch.randperm(len(x), generator=g)
-        for s in range(0, len(x), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return torch.cat([p.detach().reshape(-1) for p in net.state_dict().values()])
 
 
 @pytest.mark.parametrize(
@@ -71,7 +40,7 @@ def test_each_model_matches_plain_module_training(digits, cfg):
     seeds = [0, 5, 9]
     params, _ = train_models(pop, seeds)
     for i, seed in enumerate(seeds):
-        ref = reference_train(pop, seed)
+        ref = train_reference(pop, seed)
         assert (params[i] - ref).abs().max().item() < 1e-4
 
 

@@ -80,7 +80,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from bnnctl.arch.spec import ACTIVATIONS, LEAKY_SLOPE, Tensor, UnitGroup
+from bnnctl.arch.spec import ACTIVATIONS, LEAKY_SLOPE, LaidOut, Tensor, UnitGroup
 from bnnctl.errors import DataError, UsageError, describe
 
 if TYPE_CHECKING:
@@ -299,7 +299,7 @@ class _Param:
 
 
 @dataclass(frozen=True)
-class ConvSpec:
+class ConvSpec(LaidOut):
     """A feed-forward CNN: ``layers`` applied in order to an input of shape ``input``."""
 
     layers: tuple[Layer, ...]
@@ -494,29 +494,12 @@ class ConvSpec:
                 offset += math.prod(shape)
         return out
 
-    @property
-    def n_params(self) -> int:
-        t = self.layout[-1]
-        return t.offset + t.size
-
-    def slices(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
-        return {t.name: (t.offset, t.offset + t.size, t.shape) for t in self.layout}
-
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{name: [M, *shape] view}`` into a model-major ``[M, P]`` tensor (rows
-        contiguous; columns past ``P``, e.g. padding, are ignored). One ``split``, so
-        autograd assembles the gradient in one pass."""
+        contiguous). One ``split``, so autograd assembles the gradient in one pass."""
         m, layout = flat.shape[0], self.layout
-        sizes = [t.size for t in layout]
-        rest = flat.shape[1] - sum(sizes)
-        parts = flat.split(sizes + [rest] if rest else sizes, dim=1)
-        return {t.name: part.view(m, *t.shape) for t, part in zip(layout, parts, strict=False)}
-
-    def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One model's ``[P]`` row as a PyTorch state_dict (copies)."""
-        return {
-            t.name: row[t.offset : t.offset + t.size].reshape(t.shape).clone() for t in self.layout
-        }
+        parts = flat.split([t.size for t in layout], dim=1)
+        return {t.name: part.view(m, *t.shape) for t, part in zip(layout, parts, strict=True)}
 
     @property
     def activation(self) -> str:
@@ -606,6 +589,8 @@ class ConvSpec:
 
         from torch import nn
 
+        from bnnctl.arch.modules import activation_module  # imports torch: not at the top
+
         mods: OrderedDict[str, nn.Module] = OrderedDict()
         pref = {p.index: p for p in self.params}
         for i, ly in enumerate(self.layers):
@@ -619,7 +604,7 @@ class ConvSpec:
                 else:
                     mods[p.prefix] = nn.Linear(p.in_shape[0], ly.out, bias=ly.bias)
             elif ly.op == "act":
-                mods[f"act{i}"] = _act_module(ly.fn)
+                mods[f"act{i}"] = activation_module(ly.fn)
             elif ly.op in ("maxpool", "avgpool"):
                 cls = nn.MaxPool2d if ly.op == "maxpool" else nn.AvgPool2d
                 mods[f"pool{i}"] = cls(ly.kernel, ly.stride)
@@ -795,18 +780,6 @@ class ConvSpec:
             return functional_call(net, p, (xi,))
 
         return vmap(one, in_dims=(0, 0 if per_model else None))(views, x)
-
-
-def _act_module(fn: str) -> nn.Module:
-    from torch import nn
-
-    if fn == "relu":
-        return nn.ReLU()
-    if fn == "leaky_relu":
-        return nn.LeakyReLU(LEAKY_SLOPE)
-    if fn == "tanh":
-        return nn.Tanh()
-    return nn.GELU()
 
 
 def _act(fn: str, h: torch.Tensor, inplace: bool = False) -> torch.Tensor:

@@ -102,8 +102,30 @@ class UnitGroup:
         return name not in self.diag and self.view_shape(name) is None
 
 
+class LaidOut:
+    """What follows from an architecture's ``layout`` alone (shared by every kind)."""
+
+    @property
+    def layout(self) -> list[Tensor]:
+        raise NotImplementedError
+
+    @property
+    def n_params(self) -> int:
+        t = self.layout[-1]
+        return t.offset + t.size
+
+    def slices(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
+        return {t.name: (t.offset, t.offset + t.size, t.shape) for t in self.layout}
+
+    def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One model's ``[P]`` row as a PyTorch state_dict (copies)."""
+        return {
+            t.name: row[t.offset : t.offset + t.size].reshape(t.shape).clone() for t in self.layout
+        }
+
+
 @dataclass(frozen=True)
-class ArchSpec:
+class ArchSpec(LaidOut):
     """An MLP ``widths[0] -> ... -> widths[-1]`` with one activation between layers.
 
     ``dropout`` is the rate of a dropout layer after each hidden activation (0 = none);
@@ -201,14 +223,6 @@ class ArchSpec:
                 offset += math.prod(shape)
         return out
 
-    @property
-    def n_params(self) -> int:
-        t = self.layout[-1]
-        return t.offset + t.size
-
-    def slices(self) -> dict[str, tuple[int, int, tuple[int, ...]]]:
-        return {t.name: (t.offset, t.offset + t.size, t.shape) for t in self.layout}
-
     def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """``{name: [M, *shape] view}`` into a contiguous model-major ``[M, P]`` tensor."""
         m = flat.shape[0]
@@ -220,12 +234,6 @@ class ArchSpec:
         """Views ``(W [M,out,in], b [M,out])`` per layer into a contiguous ``[M, P]`` tensor."""
         v = list(self.views(flat).values())
         return list(zip(v[0::2], v[1::2], strict=True))
-
-    def state_dict(self, row: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One model's ``[P]`` row as a PyTorch state_dict (copies)."""
-        return {
-            t.name: row[t.offset : t.offset + t.size].reshape(t.shape).clone() for t in self.layout
-        }
 
     # --- symmetries as data ------------------------------------------------------
 

@@ -493,16 +493,17 @@ def _run_scheduled(
     sched: schedmod.Scheduler,
     progress: Callable[[int], None] | None,
     allow_nonfinite: bool,
-) -> list[pd.DataFrame]:
+) -> None:
     """Blocks on Dask workers (:mod:`bnnctl.scheduler`), one task each; the worker
-    commits its block. ``progress`` advances by a block's model-epochs as it finishes."""
+    commits its block (the caller reads the committed rows from the store). ``progress``
+    advances by a block's model-epochs as it finishes."""
 
     def done(i: int, rows: pd.DataFrame) -> None:
         if progress is not None:
             progress(len(blocks[i]) * pop.config.epochs)
 
     with schedmod.connect(sched) as cluster:
-        return cluster.map(
+        cluster.map(
             _scheduled_block,
             [(b,) for b in blocks],
             (schedmod.location(store), pop, data_path, allow_nonfinite),

@@ -2,5 +2,8 @@
 
 - :mod:`.strategies`: hypothesis strategies for architectures and stacked weights.
 - :mod:`.reference`: plain ``torch.nn`` networks written independently of the arch spec,
-  the truth that batched computation and symmetries are checked against.
+  the truth that batched computation and symmetries are checked against, and a
+  one-model-at-a-time ``torch.optim`` trainer (:func:`~.reference.train_reference`).
+- :mod:`.images`: synthetic image datasets and MNIST-format IDX folders (tests and
+  benchmarks; no real data here).
 """

@@ -4,10 +4,11 @@ spec's own layout or forward code: the independent truth for tests."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from bnnctl.arch import ArchSpec
+from bnnctl.arch import ArchSpec, ConvSpec
 
 ACTIVATION_MODULES: dict[str, Callable[[], torch.nn.Module]] = {
     "relu": torch.nn.ReLU,
@@ -41,3 +42,50 @@ def outputs(arch: ArchSpec, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor
     """``[M, N, out]``: each row of ``flat [M, P]`` run as its own module on ``x``."""
     with torch.no_grad():
         return torch.stack([module_of(arch, r)(x) for r in flat])
+
+
+def train_reference(pop: Any, seed: int) -> torch.Tensor:
+    """One model of population ``pop`` (an ``engines.train.Population``) trained the
+    ordinary way: its plain module (:func:`build_module`, or a conv net's
+    ``ConvSpec.module()``), ``torch.optim`` (with ``MultiStepLR`` for milestones) and
+    ``F.cross_entropy``, one model at a time. It shares only the model's random stream
+    with bnnctl's trainer (the init, then one permutation per epoch). Returns ``[P]``."""
+    arch, cfg, ds = pop.arch, pop.config, pop.dataset
+    conv = isinstance(arch, ConvSpec)
+    g = pop.generator(seed)
+    net = arch.module() if conv else build_module(arch)
+    net.load_state_dict(arch.state_dict(arch.init(g)))
+    opt: torch.optim.Optimizer
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.SGD(
+            net.parameters(),
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    sched = None
+    if cfg.lr_milestones:
+        sched = torch.optim.lr_scheduler.MultiStepLR(
+            opt, list(cfg.lr_milestones), cfg.lr_gamma or 0.1
+        )
+    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    if conv:
+        x = x.view(-1, *arch.input)
+    for epoch in range(cfg.epochs):
+        if sched is None:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr_at(epoch)
+        order = torch.randperm(len(x), generator=g)
+        for s in range(0, len(x), cfg.batch_size):
+            idx = order[s : s + cfg.batch_size]
+            loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if sched is not None:
+            sched.step()
+    sd = net.state_dict()
+    return torch.cat([sd[t.name].reshape(-1) for t in arch.layout])
