@@ -42,7 +42,6 @@ import shutil
 import struct
 import tarfile
 import uuid
-from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -54,16 +53,8 @@ from bnnctl.store import DTYPES, Store
 from bnnctl.store.manifest import select_rows
 from bnnctl.version import __version__
 
-
-class ExportFormat(str, Enum):
-    """Export formats."""
-
-    safetensors = "safetensors"
-    npz = "npz"
-    torch = "torch"
-
-
-FORMATS = tuple(f.value for f in ExportFormat)
+#: Export formats (the CLI's ``--to`` choices).
+FORMATS = ("safetensors", "npz", "torch")
 #: Names an ``archive`` export may have (those ``bnnctl import`` reads as archives).
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated
 
 import typer
@@ -17,9 +18,15 @@ from bnnctl.cli.common import (
     read_ids,
 )
 from bnnctl.errors import UsageError
-from bnnctl.export import ExportFormat, export
-from bnnctl.store import Store
-from bnnctl.store.store import DType
+from bnnctl.store.format import DType
+
+
+class ExportFormat(str, Enum):
+    """Export formats (:data:`bnnctl.export.FORMATS`)."""
+
+    safetensors = "safetensors"
+    npz = "npz"
+    torch = "torch"
 
 
 @command("export", flags={"fmt": "--to"})
@@ -90,6 +97,9 @@ def export_cmd(
         raise UsageError(
             f"--archive packs safetensors files (the release format); not --to {to.value}"
         )
+    from bnnctl.export import export
+    from bnnctl.store import Store
+
     wanted = None if ids is None else read_ids(ids)
     st = Store.open(store, as_of=as_of)
     dest = archive if archive is not None else out or ""

@@ -20,7 +20,7 @@ from bnnctl.cli.common import (
     progress,
 )
 from bnnctl.errors import UsageError
-from bnnctl.store.store import DType
+from bnnctl.store.format import DType
 
 
 @command("import")

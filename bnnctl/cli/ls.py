@@ -16,7 +16,6 @@ from bnnctl.cli.common import (
     command,
     emit_rows,
 )
-from bnnctl.store import Store
 
 
 @command("ls")
@@ -40,6 +39,8 @@ def ls_cmd(
 
     Example: bnnctl ls --where "test_acc > 0.97" --sort -test_acc --limit 5 --format csv
     """
+    from bnnctl.store import Store
+
     cols = None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
     if fmt is RowFormat.ids:
         cols = ["model_id"]

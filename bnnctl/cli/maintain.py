@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 
 from bnnctl.cli.common import DEFAULT_STORE, QuietOpt, StoreOpt, command, log
-from bnnctl.store import Store
 
 
 @command("migrate")
@@ -48,6 +47,8 @@ def compact_cmd(
 
     Example: bnnctl compact --store runs.zarr --vacuum 168
     """
+    from bnnctl.store import Store
+
     res = Store.open(store).compact(vacuum_hours=vacuum)
     msg = f"manifest files {res['files_before']} -> {res['files_after']} (version {res['version']})"
     if "vacuumed_files" in res:
@@ -74,6 +75,8 @@ def gc_cmd(
 
     Example: bnnctl gc --store runs.zarr --dry-run
     """
+    from bnnctl.store import Store
+
     removed = Store.open(store).gc(grace_seconds=grace, dry_run=dry_run)
     for path in removed:
         typer.echo(path)

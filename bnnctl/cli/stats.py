@@ -21,9 +21,6 @@ from bnnctl.cli.common import (
     log,
     print_table,
 )
-from bnnctl.stats.report import compute
-from bnnctl.stats.summary import flatten
-from bnnctl.store import Store
 
 
 @command("stats", flags={"compare_exprs": "--compare"})
@@ -82,6 +79,10 @@ def stats_cmd(
 
     Example: bnnctl stats --where "method == 'adam'" --ensemble --ood builtin --format json
     """
+    from bnnctl.stats.report import compute
+    from bnnctl.stats.summary import flatten
+    from bnnctl.store import Store
+
     rep, _ = compute(
         Store.open(store, as_of=as_of),
         where,
@@ -108,6 +109,8 @@ def stats_cmd(
 
 def render(rep: dict) -> None:
     """The report as tables on stdout."""
+    from bnnctl.stats.summary import flatten
+
     groups = rep["summary"]["groups"]
     title = f"{rep['n_models']} checkpoints" + (f" where {rep['where']}" if rep["where"] else "")
     print_table([c.replace("test_", "") for c in groups[0]], (g.values() for g in groups), title)

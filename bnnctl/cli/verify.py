@@ -13,7 +13,6 @@ from bnnctl.cli.common import (
     command,
     log,
 )
-from bnnctl.store import Store
 
 
 @command("verify")
@@ -34,6 +33,8 @@ def verify_cmd(
     from bnnctl.scheduler import require
 
     require(scheduler)
+    from bnnctl.store import Store
+
     st = Store.open(store, as_of=as_of)
     problems = st.verify(scheduler)
     for p in problems:

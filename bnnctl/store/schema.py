@@ -120,6 +120,9 @@ COLUMNS: list[tuple[str, str, bool, str]] = [
 
 NAMES = [c[0] for c in COLUMNS]
 ARROW_SCHEMA = pa.schema([pa.field(n, ARROW[t], nullable=not req) for n, t, req, _ in COLUMNS])
+#: The columns a ``--where`` term may be pushed down to the table reader on, by kind
+#: (:func:`bnnctl.store.where.pushdown`).
+SQL_KINDS = {n: {S: "string", I: "int", F: "float"}[t] for n, t, _, _ in COLUMNS if t in (S, I, F)}
 
 
 def json_schema() -> dict:

@@ -23,15 +23,12 @@ import json
 import os
 import shutil
 import uuid
-from enum import Enum
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import pandas as pd
-import zarr
 from deltalake import DeltaTable
-from zarr.codecs import ZstdCodec
 
 from bnnctl.arch import AnyArch
 from bnnctl.data import SPLITS, Dataset, validate
@@ -47,6 +44,7 @@ from bnnctl.errors import (
     os_error_in,
 )
 from bnnctl.store import table as delta
+from bnnctl.store.format import DTYPES, FORMAT_VERSION
 from bnnctl.store.manifest import (
     DEFAULT_COLUMNS,
     INT_TYPES,
@@ -54,28 +52,21 @@ from bnnctl.store.manifest import (
     pick_columns,
     query,
 )
-from bnnctl.store.schema import NAMES
+from bnnctl.store.schema import NAMES, SQL_KINDS
 from bnnctl.store.verify import Problem, gc, orphan_arrays, verify
-from bnnctl.store.where import columns_of
+from bnnctl.store.where import columns_of, pushdown
 from bnnctl.version import __version__
 
-#: Version of the on-disk store format this code reads and writes.
-FORMAT_VERSION = 2
+if TYPE_CHECKING:  # zarr is imported on first use: `bnnctl ls` reads no array
+    import zarr
 
 
-class DType(str, Enum):
-    """Stored dtypes of params arrays."""
-
-    float32 = "float32"
-    float16 = "float16"
-
-
-DTYPES = tuple(d.value for d in DType)
 #: Params arrays are stored uncompressed: trained float32 weights compress by only ~7-10 %
 #: (see scripts/bench_store.py) and decompression would slow every read.
 PARAMS_COMPRESSORS = None
-#: Data arrays (often images, many zeros) compress well and are read once per command.
-DATA_COMPRESSORS = ZstdCodec(level=3)
+#: Data arrays (often images, many zeros) compress well and are read once per command:
+#: zstd at this level.
+DATA_ZSTD_LEVEL = 3
 MAX_STORED_DATA_BYTES = 512 * 2**20
 #: Free space asked for beyond the planned arrays: a factor for chunk and shard
 #: overheads, and a fixed allowance for manifest files and checkpoints.
@@ -125,13 +116,40 @@ def _url_to_fs(url: str) -> tuple[Any, str]:
         ) from None
 
 
+def _group_attrs(header: bytes) -> dict:
+    """The attributes of a Zarr v3 group, from its ``zarr.json`` (read without zarr, so
+    that opening a store to list its rows stays fast)."""
+    meta = json.loads(header)
+    if not (
+        isinstance(meta, dict) and meta.get("zarr_format") == 3 and meta.get("node_type") == "group"
+    ):
+        raise ValueError("zarr.json is not the metadata of a Zarr v3 group")
+    attrs = meta.get("attributes", {})
+    return attrs if isinstance(attrs, dict) else {}
+
+
+def _open_group(url: str, root: str, mode: str) -> zarr.Group:
+    import zarr
+
+    zstore = (
+        zarr.storage.FsspecStore.from_url(url) if _is_url(url) else zarr.storage.LocalStore(root)
+    )
+    return zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
+
+
 class Store:
     """A bnnctl store. Open with :meth:`Store.open`."""
 
     def __init__(
-        self, url: str, group: zarr.Group, fs: Any, root: str, as_of: int | str | None = None
+        self,
+        url: str,
+        fs: Any,
+        root: str,
+        as_of: int | str | None = None,
+        group: zarr.Group | None = None,
     ):
-        self.url, self.group, self.fs, self.root = url, group, fs, root
+        self.url, self.fs, self.root = url, fs, root
+        self._group = group
         #: The manifest version this store reads (None: the latest); a past version is
         #: read-only.
         self.as_of = as_of
@@ -173,27 +191,23 @@ class Store:
             raise StoreNotFoundError(f"no bnnctl store at {url} (create one with `bnnctl train`)")
         if not exists and fs.exists(root) and fs.ls(root):
             raise StoreError(f"{url} exists and is not empty, but is not a bnnctl store")
+        group = None
         try:
-            zstore = (
-                zarr.storage.FsspecStore.from_url(url)
-                if _is_url(url)
-                else zarr.storage.LocalStore(root)
-            )
             if exists:
-                group = zarr.open_group(zstore, mode="r+")
+                info = _group_attrs(fs.cat_file(f"{root}/zarr.json")).get("bnnctl")
             else:
                 fs.makedirs(root, exist_ok=True)
                 delta.create(_table_uri(url, root))
-                group = zarr.open_group(zstore, mode="a")
+                group = _open_group(url, root, mode="a")
                 group.attrs["bnnctl"] = {
                     "format_version": FORMAT_VERSION,
                     "created_by": __version__,
                 }
+                info = group.attrs["bnnctl"]
         except (PermissionError, OSError) as e:
             raise StoreError(f"cannot open store {url} for writing: {e.strerror or e}") from None
         except Exception as e:  # zarr raises its own errors on foreign or broken groups
             raise StoreError(f"cannot open {url} as a Zarr v3 group: {e}") from None
-        info = group.attrs.get("bnnctl")
         if not isinstance(info, dict) or "format_version" not in info:
             raise StoreError(f"{url} is a Zarr group but not a bnnctl store (no 'bnnctl' attrs)")
         version = info["format_version"]
@@ -207,7 +221,19 @@ class Store:
                 f"{url} has store format version {version!r}; this bnnctl ({__version__}) "
                 f"reads version {FORMAT_VERSION} only — upgrade bnnctl"
             )
-        return cls(url, group, fs, root, as_of)
+        return cls(url, fs, root, as_of, group)
+
+    @property
+    def group(self) -> zarr.Group:
+        """The store's Zarr group, opened on first use (listing rows reads no array)."""
+        if self._group is None:
+            try:
+                self._group = _open_group(self.url, self.root, mode="r+")
+            except (PermissionError, OSError) as e:
+                raise StoreError(
+                    f"cannot open store {self.url} for writing: {e.strerror or e}"
+                ) from None
+        return self._group
 
     def _path(self, *parts: str) -> str:
         return "/".join((self.root, *parts))
@@ -253,7 +279,8 @@ class Store:
         if self._manifest is not None:
             df = self._manifest
         else:
-            df = delta.read(self.table(), sorted(needed | {"model_id"}))
+            prefilter = pushdown(where, SQL_KINDS)
+            df = delta.read(self.table(), sorted(needed | {"model_id"}), prefilter)
         return pick_columns(query(df, where, sort, limit), columns)
 
     def population(self, name: str) -> pd.DataFrame:
@@ -352,7 +379,7 @@ class Store:
         if path not in self._arrays:
             try:
                 # manifest ``array`` paths name the arrays commit_block created
-                self._arrays[path] = cast(zarr.Array, self.group[path])
+                self._arrays[path] = cast("zarr.Array", self.group[path])
             except KeyError:
                 raise StoreError(f"params array {path} is missing from the store") from None
         return self._arrays[path]
@@ -403,10 +430,16 @@ class Store:
         path = f"data/{ds.sha256[:16]}"
         if self._complete_data(path, ds.sha256):
             return path
+        from zarr.codecs import ZstdCodec
+
         g = self.group.require_group(path)
         for key, a in ds.arrays().items():
             g.create_array(
-                name=key, data=a, chunks=a.shape, compressors=DATA_COMPRESSORS, overwrite=True
+                name=key,
+                data=a,
+                chunks=a.shape,
+                compressors=ZstdCodec(level=DATA_ZSTD_LEVEL),
+                overwrite=True,
             )
         g.attrs.update({"name": ds.name, "task": ds.task})
         g.attrs["sha256"] = ds.sha256  # written last: marks the data complete
@@ -421,9 +454,11 @@ class Store:
     def load_data(self, path: str) -> Dataset:
         try:
             # put_dataset made ``path`` a group of the SPLITS arrays, named by a string
-            g = cast(zarr.Group, self.group[path])
+            g = cast("zarr.Group", self.group[path])
             name = cast(str, g.attrs.get("name", path))
-            return validate(name, {k: cast(np.ndarray, cast(zarr.Array, g[k])[:]) for k in SPLITS})
+            return validate(
+                name, {k: cast(np.ndarray, cast("zarr.Array", g[k])[:]) for k in SPLITS}
+            )
         except KeyError:
             raise StoreError(f"data {path} is missing from the store") from None
 
@@ -447,7 +482,7 @@ class Store:
     def read_state(self, path: str) -> tuple[dict[str, np.ndarray], dict] | None:
         """The state saved at ``state/<path>``, or None when absent or incomplete."""
         try:
-            g = cast(zarr.Group, self.group[f"state/{path}"])  # write_state made it a group
+            g = cast("zarr.Group", self.group[f"state/{path}"])  # write_state made it a group
         except KeyError:
             return None
         attrs = dict(g.attrs)

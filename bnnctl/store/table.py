@@ -21,7 +21,7 @@ from datetime import datetime
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable
+from deltalake import DeltaTable, QueryBuilder
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from bnnctl.errors import StoreError, UsageError, describe, one_line
@@ -83,24 +83,45 @@ def _version_or_time(as_of: int | str) -> int | datetime:
 ORDER = ("created_at", "row")
 
 
-def read_arrow(dt: DeltaTable, columns: Sequence[str] | None = None) -> pa.Table:
+def read_arrow(
+    dt: DeltaTable, columns: Sequence[str] | None = None, prefilter: str | None = None
+) -> pa.Table:
     """Every committed row as Arrow (only ``columns``, when given), with the manifest's
-    column types, in commit order (a block's rows in their order in its array)."""
+    column types, in commit order (a block's rows in their order in its array).
+    ``prefilter`` (a SQL predicate over the manifest's columns, from
+    :func:`bnnctl.store.where.pushdown`) keeps only the rows that satisfy it, evaluated by
+    delta-rs's query engine, which skips whole files and row groups by their statistics."""
     names = [c for c in READ_SCHEMA.names if columns is None or c in columns]
+    read = list(dict.fromkeys([*names, *ORDER]))
     try:
-        table = dt.to_pyarrow_table(columns=list(dict.fromkeys([*names, *ORDER])))
+        if prefilter is None:
+            table = dt.to_pyarrow_table(columns=read)
+        else:
+            sql = f"SELECT {', '.join(f'{_q(c)}' for c in read)} FROM manifest WHERE {prefilter}"
+            result = QueryBuilder().register("manifest", dt).execute(sql)
+            # through the Arrow C stream: pa.table() would import pandas to check its input
+            table = pa.RecordBatchReader.from_stream(result).read_all()
     except Exception as e:  # a data file of the table is missing or corrupted
         raise StoreError(
             f"the manifest table is unreadable ({describe(e)}); run `bnnctl verify` for details"
         ) from None
+    # the query engine returns string views: cast to the manifest's types first
+    table = table.select(read).cast(pa.schema([READ_SCHEMA.field(n) for n in read]))
     order = pc.sort_indices(table, [(c, "ascending") for c in ORDER])
-    schema = pa.schema([READ_SCHEMA.field(n) for n in names])
-    return table.take(order).select(names).cast(schema)
+    return table.take(order).select(names)
 
 
-def read(dt: DeltaTable, columns: Sequence[str] | None = None) -> pd.DataFrame:
-    """Every committed row (only ``columns``, when given), with the manifest's types."""
-    return read_arrow(dt, columns).to_pandas(types_mapper=INT_TYPES.get)
+def read(
+    dt: DeltaTable, columns: Sequence[str] | None = None, prefilter: str | None = None
+) -> pd.DataFrame:
+    """Every committed row (only ``columns``, when given, and only those satisfying
+    ``prefilter``), with the manifest's types."""
+    return read_arrow(dt, columns, prefilter).to_pandas(types_mapper=INT_TYPES.get)
+
+
+def _q(name: str) -> str:
+    """A column name as a SQL identifier (names come from the manifest's schema)."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def commit(table: str | DeltaTable, rows: pa.Table) -> int:

@@ -255,3 +255,96 @@ def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
     if not ok:
         raise _fail(f"`where` {where!r} is not a row filter")
     return df.loc[mask.astype("boolean").fillna(False).to_numpy(dtype=bool)]
+
+
+# --- pushdown ------------------------------------------------------------------------------
+
+_SQL_CMP = {ast.Eq: "=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
+_FLIP = {ast.Eq: ast.Eq, ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE}
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def pushdown(expr: str | None, kinds: dict[str, str]) -> str | None:
+    """A SQL predicate that every row ``expr`` selects also satisfies, for the table reader
+    to skip files and rows with (None when there is none to give).
+
+    It is the conjunction of the terms of ``expr``'s top-level ``and`` that compare a
+    column to a literal, where SQL and pandas agree on every row that passes: ``<``,
+    ``<=``, ``>``, ``>=``, ``==`` on int or float columns (``kinds[name]`` is ``"int"``,
+    ``"float"`` or ``"string"``), ``==`` and ``in`` on string columns. A null fails such
+    a term in both; ``!=`` and ``not`` are never pushed (NaN != x is true in pandas, null
+    in SQL). The full expression is still evaluated on what the reader returns, so the
+    result is exactly :func:`select`'s; this only makes it cheaper."""
+    if not expr:
+        return None
+    check_where(expr)
+    terms: list[str] = []
+    for node in _conjuncts(ast.parse(expr, mode="eval").body):
+        if isinstance(node, ast.Compare):
+            left = node.left
+            for o, right in zip(node.ops, node.comparators, strict=True):
+                term = _sql_term(left, o, right, kinds)
+                if term is not None:
+                    terms.append(term)
+                left = right
+    return " AND ".join(terms) or None
+
+
+def _conjuncts(node: ast.expr) -> list[ast.expr]:
+    if isinstance(node, ast.BoolOp) and isinstance(node.op, ast.And):
+        return [t for v in node.values for t in _conjuncts(v)]
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitAnd):
+        return [*_conjuncts(node.left), *_conjuncts(node.right)]
+    return [node]
+
+
+def _literal(node: ast.expr) -> Any:
+    """The value of a literal number or string node (``_NONE`` for anything else)."""
+    sign = 1
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
+        sign, node = (-1 if isinstance(node.op, ast.USub) else 1), node.operand
+        if not (isinstance(node, ast.Constant) and type(node.value) in (int, float)):
+            return _NONE
+    if not isinstance(node, ast.Constant):
+        return _NONE
+    value = node.value
+    if isinstance(value, str):
+        return value
+    return sign * value if isinstance(value, int | float) and not isinstance(value, bool) else _NONE
+
+
+_NONE = object()
+
+
+def _sql_literal(value: Any, kind: str) -> str | None:
+    """``value`` as a SQL literal for a column of ``kind``, when the comparison means the
+    same in SQL and pandas (no bools, no ints beyond int64, no non-finite floats, plain
+    printable strings)."""
+    if kind == "string":
+        if not isinstance(value, str) or not value.isprintable() or "\\" in value:
+            return None
+        return "'" + value.replace("'", "''") + "'"
+    if type(value) is int and (kind == "int" or abs(value) <= 2**53):
+        return str(value) if _INT64[0] <= value <= _INT64[1] else None
+    if type(value) is float and kind == "float" and value == value and abs(value) != float("inf"):
+        return repr(value)
+    return None
+
+
+def _sql_term(left: ast.expr, o: ast.cmpop, right: ast.expr, kinds: dict[str, str]) -> str | None:
+    if isinstance(right, ast.Name) and not isinstance(left, ast.Name):
+        if type(o) not in _FLIP:
+            return None
+        left, right, o = right, left, _FLIP[type(o)]()
+    if not isinstance(left, ast.Name) or left.id not in kinds:
+        return None
+    col, kind = f'"{left.id}"', kinds[left.id]
+    if isinstance(o, ast.In) and kind == "string" and isinstance(right, ast.List | ast.Tuple):
+        items = [_sql_literal(_literal(e), kind) for e in right.elts]
+        if not items or None in items:
+            return None
+        return f"{col} IN ({', '.join(str(i) for i in items)})"
+    if type(o) not in _SQL_CMP or (kind == "string" and not isinstance(o, ast.Eq)):
+        return None
+    lit = _sql_literal(_literal(right), kind)
+    return None if lit is None else f"{col} {_SQL_CMP[type(o)]} {lit}"
