@@ -43,6 +43,7 @@ from bnnctl.errors import (
     one_line,
     os_error_in,
 )
+from bnnctl.store import shards
 from bnnctl.store import table as delta
 from bnnctl.store.format import DTYPES, FORMAT_VERSION
 from bnnctl.store.manifest import (
@@ -80,9 +81,8 @@ def _human(n: float) -> str:
 
 def row_sha256(row: np.ndarray) -> str:
     """sha256 of one stored row's little-endian bytes."""
-    return hashlib.sha256(
-        np.ascontiguousarray(row, dtype=row.dtype.newbyteorder("<")).tobytes()
-    ).hexdigest()
+    little = np.ascontiguousarray(row, dtype=row.dtype.newbyteorder("<"))
+    return hashlib.sha256(little.reshape(-1).view(np.uint8)).hexdigest()  # no copy of a row
 
 
 def _is_url(url: str) -> bool:
@@ -407,6 +407,17 @@ class Store:
             out[idx] = block
         return out
 
+    def read_array(self, path: str) -> tuple[np.ndarray, dict]:
+        """Every row of the params array ``path`` in its stored dtype, and its attributes:
+        a shard file per request (:mod:`.shards`) when it has the layout commit_block
+        writes, through zarr otherwise. Raises what the read raises."""
+        meta = json.loads(self.fs.cat_file(self._path(path, "zarr.json")))
+        data = shards.read_whole(self.fs, self._path(path), meta)
+        if data is not None:
+            return data, meta.get("attributes") or {}
+        arr = self.array(path)
+        return cast(np.ndarray, arr[:]), dict(arr.attrs)
+
     def _read_rows(self, path: str, r: np.ndarray) -> np.ndarray:
         """Rows ``r`` of the params array ``path``, in its stored dtype."""
         arr = self.array(path)
@@ -414,7 +425,7 @@ class Store:
             raise StoreError(f"rows {r.min()}..{r.max()} are outside {path} ({arr.shape[0]} rows)")
         try:  # zarr types reads as array-or-scalar; these 2-D selections are arrays
             if len(r) * 4 >= arr.shape[0]:  # most of the shard: one sequential read
-                return cast(np.ndarray, arr[:])[r]
+                return self.read_array(path)[0][r]
             uniq, inverse = np.unique(r, return_inverse=True)
             return cast(np.ndarray, arr.oindex[uniq, :])[inverse]
         except (ValueError, OSError) as e:  # a truncated or unreadable chunk
