@@ -54,7 +54,7 @@ def test_read_whole_equals_zarr(tmp_path_factory, rows, width, shard_rows, dtype
 def test_other_layouts_are_left_to_zarr(tmp_path):
     _, zstd = make(tmp_path, "z", 4, 8, 4, "float32", [0], compressors=zarr.codecs.ZstdCodec())
     assert whole_shard_layout(zstd) is None
-    arr = zarr.create_array(zarr.storage.LocalStore(tmp_path), name="u", shape=(4, 8), dtype="f4")
+    zarr.create_array(zarr.storage.LocalStore(tmp_path), name="u", shape=(4, 8), dtype="f4")
     meta = json.loads((tmp_path / "u" / "zarr.json").read_text())
     assert whole_shard_layout(meta) is None and read_whole(LocalFileSystem(), "", meta) is None
     assert whole_shard_layout({"node_type": "group"}) is None

@@ -82,7 +82,7 @@ def _human(n: float) -> str:
 def row_sha256(row: np.ndarray) -> str:
     """sha256 of one stored row's little-endian bytes."""
     little = np.ascontiguousarray(row, dtype=row.dtype.newbyteorder("<"))
-    return hashlib.sha256(little.reshape(-1).view(np.uint8)).hexdigest()  # no copy of a row
+    return hashlib.sha256(little.data).hexdigest()  # the buffer itself: no copy of the row
 
 
 def _is_url(url: str) -> bool:

@@ -7,7 +7,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -22,8 +22,6 @@ from bnnctl.store.manifest import INT_TYPES
 from bnnctl.store.schema import json_schema, rows_to_validate
 
 if TYPE_CHECKING:
-    import zarr
-
     from bnnctl.store.store import Store
 
 
@@ -78,7 +76,7 @@ def verify(store: Store, scheduler: str | None = None) -> list[Problem]:
     if sched is None:
         # arrays on threads: reading (zarr's I/O) and sha256 release the GIL
         with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            for found in pool.map(lambda a: _verify_array(store, *a, row_sha256), arrays):
+            for found in pool.map(lambda a: _verify_array(store, a[0], a[1], row_sha256), arrays):
                 problems += found
     else:
         problems += _verify_scheduled(store, arrays, sched)
