@@ -11,7 +11,7 @@ from fsspec.implementations.local import LocalFileSystem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bnnctl.store.shards import decode_shard, read_whole, whole_shard_layout
+from bnnctl.store.shards import decode_shard, encode_shard, read_whole, whole_shard_layout
 
 
 def make(tmp_path, name, rows, width, shard_rows, dtype, written, **kw):
@@ -74,3 +74,39 @@ def test_damaged_shards_are_refused(tmp_path):
     flipped[0] ^= 1
     out = decode_shard(bytes(flipped), 8, 6, "float32", 0.0)
     assert out.tobytes()[1:] == raw[1 : 8 * 6 * 4]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    rows=st.integers(1, 40),
+    width=st.integers(1, 50),
+    dtype=st.sampled_from(["float32", "float16"]),
+)
+def test_encoded_shards_read_back_through_zarr(tmp_path_factory, rows, width, dtype):
+    """What commit_block writes is what zarr reads (and what read_whole reads)."""
+    tmp = tmp_path_factory.mktemp("w")
+    arr = zarr.create_array(
+        zarr.storage.LocalStore(tmp),
+        name="a",
+        shape=(rows, width),
+        dtype=dtype,
+        chunks=(1, width),
+        shards=(rows, width),
+        compressors=None,
+    )
+    data = np.random.default_rng(rows + width).standard_normal((rows, width)).astype(dtype)
+    data[0] = 0.0  # an all-fill-value row: zarr itself would not write that chunk
+    (tmp / "a" / "c" / "0").mkdir(parents=True)
+    (tmp / "a" / "c" / "0" / "0").write_bytes(encode_shard(np.ascontiguousarray(data)))
+    np.testing.assert_array_equal(arr[:], data)
+    np.testing.assert_array_equal(arr[rows - 1], data[rows - 1])  # one chunk by its index
+    meta = json.loads((tmp / "a" / "zarr.json").read_text())
+    np.testing.assert_array_equal(read_whole(LocalFileSystem(), str(tmp / "a"), meta), data)
+
+
+def test_encode_refuses_big_endian_or_strided():
+    a = np.zeros((3, 4), dtype=">f4")
+    with pytest.raises(ValueError):
+        encode_shard(a)
+    with pytest.raises(ValueError):
+        encode_shard(np.zeros((3, 8), dtype="<f4")[:, ::2])

@@ -156,6 +156,7 @@ class Store:
         self._manifest: pd.DataFrame | None = None
         self._arrays: dict[str, zarr.Array] = {}
         self._writer: DeltaTable | None = None  # kept open across commits
+        self._commits = 0  # by this Store: every COMPACT_FILES, the table may be compacted
 
     # --- opening -------------------------------------------------------------------
 
@@ -337,12 +338,19 @@ class Store:
             },
             overwrite=False,  # a fresh path: a committed array is never written again
         )
-        arr[:] = stored
+        if shards.whole_shard_layout(arr.metadata.to_dict()) != (m, p):
+            raise AssertionError(f"params array {array_path} is not laid out as one shard")
+        # one write of the whole shard: zarr would write its M chunks one by one
+        self.fs.makedirs(self._path(array_path, "c", "0"), exist_ok=True)
+        self.fs.pipe_file(self._path(array_path, "c", "0", "0"), shards.encode_shard(stored))
         block = complete_rows(rows, array_path, stored, arch, [row_sha256(r) for r in stored])
         if self._writer is None:
             self._writer = delta.open_table(self.table_uri)
         inserted = delta.commit(self._writer, block)
         self._manifest = None
+        self._commits += 1
+        if self._commits % delta.COMPACT_FILES == 0:  # a long run keeps the table compact
+            delta.maybe_compact(self.table_uri)
         out = block.to_pandas(types_mapper=INT_TYPES.get)
         if inserted < len(out):  # another writer committed some of these ids first
             mine = delta.ids_with_array(self.table(), list(out["model_id"]), array_path)

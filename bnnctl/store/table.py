@@ -142,7 +142,9 @@ def commit(table: str | DeltaTable, rows: pa.Table) -> int:
         try:
             dt.update_incremental()
             metrics = (
-                dt.merge(rows, predicate, source_alias="s", target_alias="t")
+                # not streamed: a block's rows are few, and planning the streamed merge
+                # costs more than holding them (about 50 against 70 ms a commit)
+                dt.merge(rows, predicate, source_alias="s", target_alias="t", streamed_exec=False)
                 .when_not_matched_insert_all()
                 .execute()
             )
