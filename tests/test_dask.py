@@ -177,6 +177,35 @@ def test_verify_on_workers_finds_the_same_problems(store_copy, cluster):
     assert r.exit_code == 1 and "sha256 mismatch" in r.stdout
 
 
+def test_stats_ensemble_on_workers_matches_in_process(store_copy, cluster, monkeypatch):
+    """The re-evaluation's forward passes on workers, in blocks of 3 models: the same
+    outputs bit for bit, so the same report."""
+    import bnnctl.stats.members as members
+    from bnnctl.stats.report import compute
+
+    address, _ = cluster
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' thread count
+    try:
+        here, ctx_here = compute(Store.open(store_copy), ensemble=True, pairs=50)
+        monkeypatch.setattr(members, "MODEL_BATCH", 3)
+        there, ctx = compute(Store.open(store_copy), ensemble=True, pairs=50, scheduler=address)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(ctx.members.rows) == 8  # three blocks of at most 3
+    assert torch.equal(ctx.members.out, ctx_here.members.out)
+    for r in (here, there):
+        r["evaluation"].pop("models_per_s", None)
+        r["evaluation"].pop("seconds", None)
+    assert there == here
+    r = runner.invoke(
+        app, ["stats", "--scheduler", address, "--ensemble", "--store", str(store_copy)]
+    )
+    assert r.exit_code == 0, r.stderr
+    r = runner.invoke(app, ["stats", "--scheduler", address, "--store", str(store_copy)])
+    assert r.exit_code == 2 and "--ensemble, --ood or --plot" in r.stderr
+
+
 @pytest.mark.parametrize("value", ["local:0", "local:-1", "foo", "tcp://host", "tcp://h:99999"])
 def test_bad_scheduler_values_are_usage_errors(value):
     with pytest.raises(UsageError, match="`scheduler`"):

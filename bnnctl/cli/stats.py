@@ -13,6 +13,7 @@ from bnnctl.cli.common import (
     AsOfOpt,
     FormatFlag,
     QuietOpt,
+    SchedulerOpt,
     StatsFormat,
     StoreOpt,
     WhereOpt,
@@ -66,6 +67,7 @@ def stats_cmd(
         int, typer.Option("--seed", help="Seed of pair, member-order and MMD subsampling.")
     ] = 0,
     fmt: Annotated[StatsFormat, FormatFlag] = StatsFormat.table,
+    scheduler: SchedulerOpt = None,
     as_of: AsOfOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
@@ -92,6 +94,7 @@ def stats_cmd(
         pairs,
         seed,
         plot=plot or False,
+        scheduler=scheduler,
     )
     if plot is not None:
         log(quiet, f"wrote {len(rep['plots'])} figures to {plot}")

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.scheduler as schedmod
 from bnnctl.arch import AnyArch, arch_from_json
 from bnnctl.data import Dataset
 from bnnctl.errors import UsageError
-from bnnctl.evaluate import predict
+from bnnctl.evaluate import MODEL_BATCH, predict
 from bnnctl.evaluate.likelihood import Categorical
 from bnnctl.evaluate.metrics import classification
 from bnnctl.stats.measures import (
@@ -69,10 +70,18 @@ def one_group(rows: pd.DataFrame, what: str) -> None:
 
 
 def evaluate_members(
-    store: Store, rows: pd.DataFrame, what: str = "evaluation", pool: Members | None = None
+    store: Store,
+    rows: pd.DataFrame,
+    what: str = "evaluation",
+    pool: Members | None = None,
+    scheduler: str | None = None,
 ) -> Members:
     """Read and run the selected models on their population's stored test data (taken
-    from ``pool`` when it already evaluated all of them)."""
+    from ``pool`` when it already evaluated all of them). ``scheduler`` (``local:N`` or
+    ``tcp://HOST:PORT``) runs the forward passes on Dask workers, a block of
+    :data:`~bnnctl.evaluate.MODEL_BATCH` models per task, each worker reading its block
+    from the store: the same outputs as in this process on one thread, bit for bit."""
+    sched = schedmod.require(scheduler)
     one_group(rows, what)
     if (
         pool is not None
@@ -89,8 +98,38 @@ def evaluate_members(
     arch = arch_from_json(rows["arch"].iloc[0])
     data = store.load_data(rows["data"].iloc[0])
     params = store.read_params(rows)
-    out = predict(arch, params, data.x_test)
+    if sched is None:
+        out = predict(arch, params, data.x_test)
+    else:
+        out = _predict_scheduled(store, rows, sched)
     return Members(rows, arch, data, params, out, time.perf_counter() - t0)
+
+
+#: The manifest columns a worker needs to read and run its block.
+_BLOCK_COLUMNS = ["model_id", "arch", "data", "array", "row", "n_params", "sha256"]
+
+
+def _predict_scheduled(store: Store, rows: pd.DataFrame, sched: schedmod.Scheduler) -> torch.Tensor:
+    """Test outputs ``[M, N, out]`` of ``rows``, a block of MODEL_BATCH models per Dask
+    task (the blocks :func:`~bnnctl.evaluate.predict` runs in this process)."""
+    cols = rows[_BLOCK_COLUMNS].reset_index(drop=True)
+    blocks = [(cols.iloc[s : s + MODEL_BATCH],) for s in range(0, len(cols), MODEL_BATCH)]
+    with schedmod.connect(sched) as cluster:
+        outs = cluster.map(
+            _predict_block,
+            blocks,
+            (schedmod.location(store),),
+            name=lambda i: f"models {blocks[i][0]['model_id'].iloc[0]}...",
+        )
+    return torch.from_numpy(np.concatenate(outs))
+
+
+def _predict_block(rows: pd.DataFrame, url: str) -> np.ndarray:
+    """One block's test outputs, on a Dask worker (it opens the store by URL)."""
+    store = Store.open(url)
+    arch = arch_from_json(rows["arch"].iloc[0])
+    data = store.load_data(rows["data"].iloc[0])
+    return predict(arch, store.read_params(rows), data.x_test).numpy()
 
 
 def evaluation_report(mem: Members) -> dict:

@@ -123,16 +123,23 @@ def compute(
     plot: bool | str | Path = False,
     max_n_mmd: int = 256,
     mode_tol: float = MODE_RTOL,
+    scheduler: str | None = None,
 ) -> tuple[dict, Context]:
     """The stats report of the rows ``where`` selects (see :data:`JSON_SHAPE`), and the
     arrays behind it. ``plot``: a folder to write the figures into (or True to compute
-    what the figures need without writing them)."""
+    what the figures need without writing them). ``scheduler`` runs the re-evaluation's
+    forward passes on Dask workers (:func:`~bnnctl.stats.members.evaluate_members`)."""
     if pairs < 1:
         raise UsageError(f"`pairs` must be at least 1, got {pairs}", "pairs")
     if seed < 0:
         raise UsageError(f"`seed` must be non-negative, got {seed}", "seed")
     if not 0 <= mode_tol < 1:
         raise UsageError(f"`mode_tol` must be in [0, 1), got {mode_tol}", "mode_tol")
+    if scheduler is not None and not (ensemble or ood or plot):
+        raise UsageError(
+            "`scheduler` runs the re-evaluation: give it with --ensemble, --ood or --plot",
+            "scheduler",
+        )
     store = store if isinstance(store, Store) else Store.open(store)
     rows = select(store.manifest(), where)
     if rows.empty:
@@ -164,9 +171,8 @@ def compute(
             ood_report,
         )
 
-        mem = evaluate_members(
-            store, members, "--ensemble" if ensemble else "--ood" if ood else "--plot"
-        )
+        what = "--ensemble" if ensemble else "--ood" if ood else "--plot"
+        mem = evaluate_members(store, members, what, scheduler=scheduler)
         ctx.members = mem
         rep["evaluation"] = evaluation_report(mem)
         rep["ensemble"], ctx.pair_arrays = ensemble_report(mem, pairs, seed)
