@@ -19,6 +19,12 @@ ratio is the median of its per-round values, each rate the total evals over the 
     python scripts/bench_sample.py --method sgld
     python scripts/bench_sample.py --method hmc
     python scripts/bench_sample.py --quick
+    python scripts/bench_sample.py --parts         # also: where an SG update's time goes
+
+``--parts`` (SGLD/SGHMC) times the pieces of one update of all the chains on one thread
+(an update runs them per block of chains, one block per thread): each chain's minibatch
+indices, the gradients, each chain's noise draw, SGHMC's step (in-place passes over the
+chains' rows) and the rest (energies, the divergence check).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import torch
 from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, load_dataset
-from bnnctl.samplers import SamplerConfig, build
+from bnnctl.samplers import SamplerConfig, build, sgmcmc
 from bnnctl.samplers.posterior import LogPosterior
 
 
@@ -106,6 +112,60 @@ def plain_time(arch: ArchSpec, ds, method: str, chains: range, updates: int, lea
     return evals, time.perf_counter() - t0
 
 
+def parts(post: LogPosterior, cfg: SamplerConfig, chains: int, reps: int) -> dict[str, float]:
+    """Milliseconds of one thread per update of ``chains`` chains, by piece (medians of
+    ``reps``), the pieces as :func:`bnnctl.samplers.sgmcmc.build`'s update does them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        p, b = post.arch.n_params, cfg.batch_size
+        gens = [torch.Generator().manual_seed(k) for k in range(chains)]
+        theta = torch.stack([torch.randn(p, generator=g) * 0.1 for g in gens])
+        mom, noise = torch.zeros_like(theta), torch.empty_like(theta)
+        grad, new = torch.empty_like(theta), torch.empty_like(theta)
+        idx = torch.empty((chains, b), dtype=torch.int64)
+        diverged = torch.zeros(chains, dtype=torch.bool)
+
+        def minibatches():
+            for k, g in enumerate(gens):
+                torch.randint(post.n, (b,), generator=g, out=idx[k])
+
+        def gradients():
+            post.energy_and_grad(theta, idx, prior=False, out=grad)
+
+        def draws():
+            for k, g in enumerate(gens):
+                noise[k].normal_(0.0, 1e-3, generator=g)
+
+        def step():  # SGHMC's: v' = ξ + (1-α) v − c θ − η ∇;  θ' = θ + v'
+            noise.add_(mom, alpha=0.95).add_(theta, alpha=-1e-5).add_(grad, alpha=-1e-5)
+            torch.add(theta, noise, out=new)
+
+        def rest():  # energies and the divergence check
+            nll = torch.zeros(chains, dtype=torch.float64)
+            energy = (nll + 0.5 * sgmcmc._sqnorm(theta)).mul_(1.0)
+            sgmcmc.check_divergence(diverged, energy, new)
+
+        out = {}
+        for name, f in [
+            ("minibatch_ms", minibatches),
+            ("gradients_ms", gradients),
+            ("noise_ms", draws),
+            ("step_ms", step),
+            ("rest_ms", rest),
+        ]:
+            f()
+            ts = []
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                f()
+                ts.append(time.perf_counter() - t0)
+            out[name] = round(1e3 * statistics.median(ts), 2)
+        return out
+    finally:
+        torch.set_num_threads(before)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -118,6 +178,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--parts", action="store_true", help="also time an SG update's pieces on one thread"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,7 +193,8 @@ def main() -> None:
     if args.method == "hmc":
         updates, single = max(1, updates // leapfrog), max(1, single // leapfrog)
     cfg = SamplerConfig(args.method, step_size=1e-5, burn_in=0, leapfrog=leapfrog)
-    sampler = build(cfg, LogPosterior.of(arch, ds, prior_var=0.2))
+    sampler_post = LogPosterior.of(arch, ds, prior_var=0.2)
+    sampler = build(cfg, sampler_post)
     per_update = leapfrog if args.method == "hmc" else 1
     points = ds.x_train.shape[0] if args.method == "hmc" else cfg.batch_size
 
@@ -183,6 +247,8 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "one_at_a_time_wall_s": round(lone_s, 2),
     }
+    if args.parts and args.method != "hmc":
+        out["one_thread_parts"] = parts(sampler_post, cfg, chains, 3 if args.quick else 15)
     if args.json:
         print(json.dumps(out))
         return
@@ -199,6 +265,13 @@ def main() -> None:
     print(f"  speedup b/a  : {out['speedup']:6.2f} x   (median of {rounds} rounds)")
     print(f"  speedup b/a' : {out['speedup_vs_bnnctl_single']:6.2f} x")
     print(f"  roofline     : {100 * out['roofline_fraction']:6.1f} % of sgemm")
+    if "one_thread_parts" in out:
+        pieces = out["one_thread_parts"]
+        total = sum(pieces.values())
+        print(f"  one update of {chains} chains on one thread, by piece ({total:.1f} ms in all):")
+        for name, ms in pieces.items():
+            label = name.removesuffix("_ms")
+            print(f"    {label:<11}: {ms:7.2f} ms ({100 * ms / total:4.1f} %)")
 
 
 if __name__ == "__main__":

@@ -128,3 +128,32 @@ def test_sgld_on_threads_samples_the_gaussian_posterior(threads):
     x, state = run_chains(post, cfg, m=64, samples=300)
     assert not state.diverged.any()
     assert_gaussian_match(x, mean, cov, mean_bias=0.15, cov_bias=0.25, max_se=0.1)
+
+
+@pytest.mark.parametrize("method", ["sgld", "sghmc"])
+def test_default_mlp_chain_is_the_same_alone_among_64_and_on_any_threads(method, threads):
+    """On the default MLP's shapes (64-128-128-10, minibatches of 128) torch splits one
+    chain's matrix products over threads when it has several; every op of a chain runs on
+    one thread, so chain k alone (on one thread or two) is chain k among 64 on two."""
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(400, 64)), rng.integers(0, 10, 400)
+    ds = validate("t", {"x_train": x, "y_train": y, "x_test": x, "y_test": y})
+    arch = ArchSpec((64, 128, 128, 10))
+    post = LogPosterior.of(arch, ds, prior_var=0.2)
+    sampler = build(SamplerConfig(method, step_size=1e-5, burn_in=0, batch_size=128), post)
+    start = torch.randn(64, arch.n_params, generator=torch.Generator().manual_seed(4)) * 0.1
+
+    def run(first: int, m: int):
+        state = sampler.init(start[first : first + m], gens(m, first))
+        for _ in range(3):
+            state = sampler.update(state)
+        return state
+
+    threads(2)
+    together = run(0, 64)
+    for n in (2, 1):
+        threads(n)
+        for k in (0, 37):
+            alone = run(k, 1)
+            assert torch.equal(alone.params[0], together.params[k]), (n, k)
+            assert torch.equal(alone.energy[0], together.energy[k]), (n, k)

@@ -19,10 +19,16 @@ Since U_T = U / T, the temperature enters through the gradient; equivalently thi
 
 **Randomness.** Chain k draws its minibatch, then its noise ξ, from its own
 ``torch.Generator`` (as since the first version: samples and saved states are unchanged), so
-its samples do not depend on how many chains run beside it or on where a run was cut. The
-draws of different chains are independent, so they run on ``torch.get_num_threads()`` threads
-at once (:func:`draw`); the rest of an update is a few fused passes over ``[M, P]`` (the
-prior's gradient is folded into them).
+its samples do not depend on how many chains run beside it or on where a run was cut.
+
+**Threads.** An update splits the chains into ``torch.get_num_threads()`` blocks and runs
+each block's whole update (draws, gradients, steps) in a thread of its own whose torch ops
+use that one thread (:func:`in_blocks`): the blocks never wait on one another's parallel
+regions, and since every op of a chain runs on one thread, its rounding does not depend on
+the thread count (nor, on per-chain minibatches, on the chains beside it; a full-batch
+gradient's product over all chains at once still can on some shapes). A block draws its
+chains' minibatches, takes their gradients, draws their noise, then makes the step in a few
+in-place passes (the prior's gradient folded in); only the draws go chain by chain.
 """
 
 from __future__ import annotations
@@ -76,44 +82,50 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         return SGState(params=p, gens=gens, momenta=v)
 
     def update(state: SGState, batch: torch.Tensor | None = None) -> SGState:
-        t, theta = state.step, state.params
+        t, theta, gens = state.step, state.params, state.gens
         lr = step_size_at(config, t)
         alpha = config.friction
         inv_t, prec = 1.0 / post.temperature, 1.0 / post.prior_var
         mom = state.momenta
-        # Per chain, in parallel: its minibatch, its noise, and the terms of the step that
-        # need no gradient (the prior's gradient is folded in here):
-        #   SGHMC  v' = [sqrt(2αη) ξ + (1-α) v − (η/(Tσ²)) θ] − (η/T) ∇U_nll;  θ' = θ + v'
-        #   SGLD   θ' = [sqrt(2ε) ξ + (1 − ε/(Tσ²)) θ] − (ε/T) ∇U_nll
-        if sghmc:
-
-            def then(k: int, row: torch.Tensor) -> None:
-                row.add_(mom[k], alpha=1 - alpha).add_(theta[k], alpha=-lr * inv_t * prec)
-
-        else:
-
-            def then(k: int, row: torch.Tensor) -> None:
-                row.add_(theta[k], alpha=1 - lr * inv_t * prec)
-
-        draws = None if batch is not None or config.batch_size >= post.n else post.n
+        m, p = theta.shape
+        n = None if batch is not None or config.batch_size >= post.n else post.n
         scale = math.sqrt(2 * alpha * lr) if sghmc else math.sqrt(2 * lr)
-        idx, step = draw(
-            state.gens, theta.shape[1], theta.dtype, scale, draws, config.batch_size, then
-        )
-        nll, grad = post.energy_and_grad(theta, batch if idx is None else idx, prior=False)
-        energy = (nll + 0.5 * prec * _sqnorm(theta)).mul_(inv_t)
-        step.add_(grad, alpha=-lr * inv_t)
-        if sghmc:
-            params, mom = torch.add(theta, step, out=grad), step  # θ' reuses grad's buffer
-        else:
-            params = step
+        idx = None if n is None else torch.empty((m, config.batch_size), dtype=torch.int64)
+        noise = torch.empty((m, p), dtype=theta.dtype)  # becomes v' (SGHMC) or θ' (SGLD)
+        grad = torch.empty_like(theta)  # becomes θ' (SGHMC)
+        energy = torch.empty(m, dtype=torch.float64)
+        diverged = torch.empty(m, dtype=torch.bool)
+        # The step, with the prior's gradient folded in, as a few in-place passes over a
+        # group's rows (per-row passes measured slower: one Python call per row and op):
+        #   SGHMC  v' = sqrt(2αη) ξ + (1-α) v − (η/(Tσ²)) θ − (η/T) ∇U_nll;  θ' = θ + v'
+        #   SGLD   θ' = sqrt(2ε) ξ + (1 − ε/(Tσ²)) θ − (ε/T) ∇U_nll
+        decay = -lr * inv_t * prec
+
+        def group(lo: int, hi: int) -> None:
+            """Chains lo..hi-1: their minibatches, gradients, noise, then their steps."""
+            sl = slice(lo, hi)
+            th, g, step = theta[sl], grad[sl], noise[sl]
+            _draw_rows(gens, lo, hi, None, 0.0, idx, n or 0)
+            chosen = (None if batch is None else batch[sl]) if idx is None else idx[sl]
+            nll, _ = post.energy_and_grad(th, chosen, prior=False, out=g)
+            energy[sl] = (nll + 0.5 * prec * _sqnorm(th)).mul_(inv_t)
+            _draw_rows(gens, lo, hi, noise, scale, None, 0)
+            if sghmc:
+                step.add_(mom[sl], alpha=1 - alpha).add_(th, alpha=decay)
+                step.add_(g, alpha=-lr * inv_t)
+                torch.add(th, step, out=g)  # θ' reuses the gradient's buffer
+            else:
+                step.add_(th, alpha=1 + decay).add_(g, alpha=-lr * inv_t)
+            diverged[sl] = check_divergence(state.diverged[sl], energy[sl], g if sghmc else step)
+
+        def block(lo: int, hi: int) -> None:
+            for i in range(lo, hi, GROUP):
+                group(i, min(i + GROUP, hi))
+
+        in_blocks(m, block)
+        params, mom = (grad, noise) if sghmc else (noise, mom)
         return dataclasses.replace(
-            state,
-            params=params,
-            momenta=mom,
-            energy=energy,
-            step=t + 1,
-            diverged=check_divergence(state.diverged, energy, params),
+            state, params=params, momenta=mom, energy=energy, step=t + 1, diverged=diverged
         )
 
     return Sampler(config.method, init, update, state_type=SGState)
@@ -124,10 +136,13 @@ def _sqnorm(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=-1).double().square_()
 
 
-# --- the chains' draws, in parallel --------------------------------------------------------
+# --- the chains' draws and updates, in parallel -------------------------------------------
 
-#: Fewest chains per thread: below it one thread draws them all.
-CHAINS_PER_THREAD = 8
+#: Fewest chains per block.
+CHAINS_PER_THREAD = 1
+#: Most chains whose draws, gradients and steps an update does together (within a block;
+#: 32, one block of 64 chains on two threads, measured faster than 16 or 8: fewer calls).
+GROUP = 32
 _pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
 
 
@@ -138,45 +153,79 @@ def draw(
     scale: float = 1.0,
     n: int | None = None,
     size: int = 0,
-    then: Callable[[int, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Each chain's minibatch indices ``[M, size]`` uniform on 0..n-1 (None when ``n`` is
     None), then its ``scale`` · N(0, I) noise ``[M, p]``, both from the chain's own
     generator in that order (the draws :func:`.posterior.minibatch` and
     :func:`.posterior.randn` make). Row k depends on ``gens[k]`` only; the chains are
-    split over ``torch.get_num_threads()`` threads (torch releases the GIL in each draw,
-    and one generator's draw runs on one core however many threads torch has).
-    ``then(k, row)``, if given, works on chain k's noise row in place right after its draw
-    (in the same thread, while the row is in cache)."""
+    split over threads (:func:`in_blocks`)."""
     m = len(gens)
     noise = torch.empty((m, p), dtype=dtype)
     idx = None if n is None else torch.empty((m, min(size, n)), dtype=torch.int64)
-    high = n or 0
-
-    def run(lo: int, hi: int) -> None:
-        for k in range(lo, hi):
-            if idx is not None:
-                torch.randint(high, idx.shape[1:], generator=gens[k], out=idx[k])
-            row = noise[k].normal_(0.0, scale, generator=gens[k])
-            if then is not None:
-                then(k, row)
-
-    threads = max(1, min(torch.get_num_threads(), m // CHAINS_PER_THREAD))
-    if threads == 1:
-        run(0, m)
-        return idx, noise
-    cuts = [m * i // threads for i in range(threads + 1)]
-    pool = _pool(threads - 1)
-    jobs = [pool.submit(run, lo, hi) for lo, hi in zip(cuts[1:-1], cuts[2:], strict=True)]
-    run(cuts[0], cuts[1])  # this thread draws the first block
-    for job in jobs:
-        job.result()
+    in_blocks(m, lambda lo, hi: _draw_rows(gens, lo, hi, noise, scale, idx, n or 0))
     return idx, noise
+
+
+def _draw_rows(
+    gens: list[torch.Generator],
+    lo: int,
+    hi: int,
+    noise: torch.Tensor | None,
+    scale: float,
+    idx: torch.Tensor | None,
+    high: int,
+) -> None:
+    """Rows lo..hi-1 of :func:`draw`, in this thread: chain k's minibatch (when ``idx``
+    is given), then its noise (when ``noise`` is)."""
+    for k in range(lo, hi):
+        if idx is not None:
+            torch.randint(high, idx.shape[1:], generator=gens[k], out=idx[k])
+        if noise is not None:
+            noise[k].normal_(0.0, scale, generator=gens[k])
+
+
+def in_blocks(m: int, work: Callable[[int, int], None]) -> None:
+    """``work(lo, hi)`` over contiguous blocks of the chains 0..m-1 that together cover
+    them, each block in a thread of its own whose torch ops run on that one thread:
+    ``torch.get_num_threads()`` blocks (at most one per :data:`CHAINS_PER_THREAD`
+    chains), side by side, none waiting on another's parallel regions. torch releases the
+    GIL in its ops. As every op of a chain runs on one thread, whatever the thread count
+    and however many chains share it, a chain's rounding does not depend on either (a
+    matrix product split over threads can round differently: on two threads, the default
+    MLP's chain alone differed from the same chain among 64 in the last bit)."""
+    threads = torch.get_num_threads()
+    if threads == 1:  # already one thread (e.g. a Dask worker, or a block's thread)
+        work(0, m)
+        return
+    blocks = max(1, min(threads, m // CHAINS_PER_THREAD))
+    cuts = [m * i // blocks for i in range(blocks + 1)]
+    pool = _pool(blocks)
+    jobs = [
+        pool.submit(_on_one_thread, work, lo, hi)
+        for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)
+    ]
+    changed = [job.result() for job in jobs]
+    if any(changed):
+        # torch.set_num_threads also sets the count that threads started later begin with
+        torch.set_num_threads(threads)
+
+
+def _on_one_thread(work: Callable[[int, int], None], lo: int, hi: int) -> bool:
+    """``work(lo, hi)`` with this thread's torch ops on this thread alone; whether the
+    thread's count had to be set. (``torch.get_num_threads`` first settles the count a
+    thread starts with, which would otherwise be taken from the process-wide one at its
+    first parallel op; ``torch.set_num_threads`` sets OpenMP's and MKL's counts for the
+    calling thread.)"""
+    changed = torch.get_num_threads() != 1
+    if changed:
+        torch.set_num_threads(1)
+    work(lo, hi)
+    return changed
 
 
 def _pool(workers: int) -> ThreadPoolExecutor:
     """A pool of ``workers`` threads of this process (made anew in a forked child)."""
     key = (os.getpid(), workers)
     if key not in _pools:
-        _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="bnnctl-draw")
+        _pools[key] = ThreadPoolExecutor(workers, thread_name_prefix="bnnctl-chains")
     return _pools[key]
