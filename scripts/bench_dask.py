@@ -13,6 +13,7 @@ Runs, on the same request (default: 64 models of mlp:64-8-10, 1 epoch, blocks of
 
     python scripts/bench_dask.py                  # 64 models, blocks of 8, 1 epoch
     python scripts/bench_dask.py --epochs 20      # more work per block
+    python scripts/bench_dask.py --quick --json   # 8 models, one warm cluster, for the tests
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--arch", default="64-8-10")
     ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="8 models, no cold cluster start")
+    ap.add_argument("--json", action="store_true", help="print only the JSON line")
     a = ap.parse_args()
+    if a.quick:
+        a.models, a.block_size, a.reps = 8, 4, 1
+    say = (lambda *_, **__: None) if a.json else print
 
     import torch
     from distributed import Client, LocalCluster
@@ -85,7 +91,7 @@ def main() -> None:
                 train(path, ds, cfg, seeds, arch, block_size=a.block_size, **kw)
                 times.append(round(time.perf_counter() - t0, 2))
             out[name] = times
-            print(f"{name}: {times} s", flush=True)
+            say(f"{name}: {times} s", flush=True)
 
         train(Path(tmp) / "warm-up.zarr", ds, cfg, range(2), arch)  # lazy imports, first ops
         threads = torch.get_num_threads()
@@ -93,7 +99,8 @@ def main() -> None:
         run("in_process_1_thread")
         torch.set_num_threads(threads)
         run(f"in_process_{threads}_threads")
-        run("local_2_cold", scheduler="local:2")
+        if not a.quick:  # a cluster start of its own: seconds to tens of seconds
+            run("local_2_cold", scheduler="local:2")
         with (
             LocalCluster(
                 n_workers=2,
@@ -132,7 +139,7 @@ def main() -> None:
                     )
                 out["warm_client_commits"].append(round(time.perf_counter() - t0, 2))
                 assert len(store.manifest()) == a.models
-            print(f"warm_client_commits: {out['warm_client_commits']} s", flush=True)
+            say(f"warm_client_commits: {out['warm_client_commits']} s", flush=True)
     out["load_average_after"] = os.getloadavg()[0]
     print(json.dumps(out))
 

@@ -21,10 +21,15 @@ torch.optim.SGD + MultiStepLR one model at a time, (b) bnnctl's trainer into a s
 
 Measured (shared 2-core CPU, torch 2.13, 2 threads, `--arch optunet`: 256 models in
 blocks of 64 against 8 plain models, 3 epochs of 2048 images, 3 interleaved rounds):
-bnnctl 8.17 models/s, plain loop 4.52 models/s, ratio 1.81 (rounds 1.92, 1.31, 1.74);
-the 5x goal is not met. Most of bnnctl's step is oneDNN's grouped convolution of the
-first layer (1 input channel and 2 filters per model: ~35 of ~80 ms per step of 64
-models, forward and weight gradient), then max pooling and layout copies.
+first bnnctl 8.17 models/s, plain loop 4.52 models/s, ratio 1.81 (rounds 1.92, 1.31,
+1.74). With the depthwise forward of `bnnctl/arch/conv_kernels.py` and the 2-d
+transpose of the input, two runs gave 1.42 and 1.67 against 1.52 and 1.60 for the
+unchanged code run alternately (other jobs loaded the machine; rounds vary 0.5-10x
+then): the 5x goal is not met. `python scripts/bench_conv_layers.py --trainer 5
+--profile 20` compares the layers' alternatives and profiles a step: the first conv's
+weight gradient (oneDNN grouped, ~10 of ~35 ms per step of 64 models) is the largest
+part, then the input's channels-last copy, the first conv's repeat and depthwise
+forward, pooling and relu backward.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -65,8 +67,24 @@ def test_bench_canonicalize_e2e_quick():
     assert out["stages_s"]["read params (with sha256)"] > 0 and out["stages_s"]["report: whole"] > 0
 
 
+def test_bench_dask_quick():
+    pytest.importorskip("distributed")
+    out = json.loads(quick("bench_dask.py", "--json"))
+    assert out["models"] == 8 and len(out["warm_workers_commit"]) == 1
+    assert all(t > 0 for t in out["in_process_1_thread"] + out["warm_client_commits"])
+
+
 def test_bench_import_quick():
     out = json.loads(quick("bench_import.py", "--json"))
     assert out["models"] == 64 and out["archives"] == 2 and out["imports_per_s"] > 0
     assert out["stages_s"]["read archives (gunzip + tar)"] > 0
     assert out["stages_s"]["evaluate (metrics)"] > 0 and out["stages_s"]["commit blocks"] > 0
+
+
+def test_bench_conv_layers_quick():
+    out = json.loads(quick("bench_conv_layers.py", "--json"))
+    assert {"conv1", "conv2", "pool", "input", "step"} <= set(out["layers"])
+    for cands in out["layers"].values():
+        for r in cands.values():
+            assert r["ms"] > 0 and r["max_rel_diff"] < 1e-4
+    assert out["step_ratio"] > 0

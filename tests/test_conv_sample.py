@@ -191,7 +191,7 @@ def test_laplace_ll_factors_of_a_conv_net_match_the_module(digits):
             build(SamplerConfig("laplace_ll"), LogPosterior.of(parse_arch(spec), digits))
 
 
-@pytest.mark.parametrize("method", ["laplace", "mc_dropout"])
+@pytest.mark.parametrize("method", ["laplace"])
 def test_mlp_only_methods_refuse_conv_nets(conv_store, tmp_path, method, digits):
     import shutil
 

@@ -122,12 +122,6 @@ def test_forward_input_forms_agree_with_modules():
             arch.forward(params, torch.rand(b, arch.n_inputs + 1))
 
 
-def test_conv_dropout_is_refused_for_training(digits):
-    arch = ConvSpec.parse("cnn:1x8x8/c4k3-r-d0.5-gap-l10")
-    with pytest.raises(UsageError, match="dropout"):
-        train_models(Population("p", arch, TrainConfig(epochs=1), digits), [0])
-
-
 def test_block_memory_counts_conv_feature_maps(images):
     pop = Population("p", OPTUNET, TrainConfig(batch_size=64), images)
     one, many = block_memory(pop, 1), block_memory(pop, 256)

@@ -52,9 +52,16 @@ correct but remove less). The arch's ``symmetries`` are those every hidden layer
 
 Limits of this first stage: dead conv channels (all-zero kernels) are not folded into
 the next layer (see :func:`bnnctl.symmetry.scaling.dead_units_`); weight matching
-refuses grouped convs; ``forward`` is eval-mode (no dropout) and has no hand-written
-backward (autograd through it), so training (:mod:`bnnctl.engines.train`) refuses
-dropout > 0 for conv nets.
+refuses grouped convs; ``forward`` has no hand-written backward (autograd through it).
+
+Dropout
+-------
+``forward`` is eval-mode unless given ``dropout_masks``: one tensor per ``d<rate>`` layer
+(``None`` for rate 0), already scaled by 1/(1-p), of shape ``[M, B, *shape]`` where
+``shape`` is the activation it multiplies (:meth:`ConvSpec.dropout_shapes`: ``(C, H, W)``
+on a feature map, ``(F,)`` on flat features). The masks are element-wise, as
+``nn.Dropout`` (not ``nn.Dropout2d``) draws them: one Bernoulli per model, example,
+channel and position. The trainer draws them from each model's own generator.
 
 Forward
 -------
@@ -69,7 +76,10 @@ shared 2-core CPU, torch 2.13; best of 5, runs varied by ~20 %): grouped conv 16
 per batch, i.e. 1,250-1,570 models/s (each model on 128 images); ``torch.func.vmap``
 over ``functional_call`` of the ``nn.Module`` 590-665 ms, 385-435 models/s; the grouped
 conv without the two rewrites was 494 ms (518 models/s). The grouped conv is kept
-(``forward_vmap`` remains, for the benchmark and as a cross-check).
+(``forward_vmap`` remains, for the benchmark and as a cross-check). Where each group has
+one input channel and several filters (both of OptuNet's convs, stacked), the grouped
+conv's forward runs as oneDNN's faster depthwise conv on the repeated input
+(:mod:`bnnctl.arch.conv_kernels`; its weight gradients are the grouped conv's own).
 """
 
 from __future__ import annotations
@@ -512,6 +522,18 @@ class ConvSpec(LaidOut):
         """The largest dropout rate (0 = none)."""
         return max([ly.rate for ly in self.layers if ly.op == "dropout"], default=0.0)
 
+    def dropout_shapes(self) -> list[tuple[int, tuple[int, ...]]]:
+        """``(layer index, per-example shape)`` of each dropout layer, in order: the shape
+        of the activation it multiplies, ``(C, H, W)`` or ``(F,)`` (what ``forward``'s
+        ``dropout_masks`` hold per model and example)."""
+        shape: tuple[int, ...] = self.input
+        out = []
+        for i, ly in enumerate(self.layers):
+            if ly.op == "dropout":
+                out.append((i, shape))
+            shape = self._shape_after(ly, shape, f"layer {i + 1}")
+        return out
+
     # --- symmetries as data -----------------------------------------------------------
 
     def _between(self, k: int) -> list[Layer]:
@@ -640,14 +662,22 @@ class ConvSpec(LaidOut):
         wname = bias.name.replace("bias", "weight")
         return math.prod(next(t.shape[1:] for t in self.layout if t.name == wname))
 
-    def forward(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        params: torch.Tensor,
+        x: torch.Tensor,
+        dropout_masks: list[torch.Tensor | None] | None = None,
+    ) -> torch.Tensor:
         """Outputs ``[M, B, out]`` of ``M`` stacked models (model-major ``[M, P]``;
         columns past ``P`` are ignored, so the trainer's padded rows can be passed) on
         ``x``: a shared input, flat ``[B, n_inputs]`` (channel-major, as datasets store
         images) or ``[B, C, H, W]``; or one minibatch per model, ``[M, B, n_inputs]`` or
         ``[M, B, C, H, W]`` (the first conv then runs on ``[B, M*C, H, W]`` with
         ``groups = M*groups``). The models are the groups of one grouped ``conv2d`` (see
-        the module doc). Dropout is not applied (eval mode). Autograd flows through it.
+        the module doc). Dropout is applied only with ``dropout_masks`` (one per dropout
+        layer, ``None`` to skip one, each ``[M, B, *shape]`` of :meth:`dropout_shapes`,
+        scaled by 1/(1-p): element-wise, as ``nn.Dropout``); without them, eval mode.
+        Autograd flows through it.
 
         Two exact rewrites make it faster: an ungrouped first conv on the shared input is
         one matmul of the unfolded input with all ``M*out`` filters, giving a
@@ -665,6 +695,11 @@ class ConvSpec(LaidOut):
             la, lb = self.layers[order[i]], self.layers[order[i + 1]]
             if la.op == "act" and la.fn in ("relu", "leaky_relu") and lb.op == "maxpool":
                 order[i], order[i + 1] = order[i + 1], order[i]
+        drop_at = {i: j for j, (i, _) in enumerate(self.dropout_shapes())}
+        if dropout_masks is not None and len(dropout_masks) != len(drop_at):
+            raise ValueError(
+                f"{self.name} has {len(drop_at)} dropout layers, got {len(dropout_masks)} masks"
+            )
         h = x  # [B, C, H, W] before the first conv, [B, M*C, H, W] after, [M, B, F] flat
         # stacked: whether the channels hold all M models
         fresh = False  # whether h is an intermediate this call owns (in-place is safe)
@@ -699,6 +734,10 @@ class ConvSpec(LaidOut):
                 h = F.max_pool2d(h, ly.kernel, ly.stride)
             elif ly.op == "avgpool":
                 h = F.avg_pool2d(h, ly.kernel, ly.stride)
+            elif ly.op == "dropout":
+                mask = dropout_masks[drop_at[i]] if dropout_masks is not None else None
+                if mask is not None:
+                    h, stacked = _apply_mask(h, mask, m, stacked)
             elif ly.op in ("gap", "flatten"):
                 if ly.op == "gap":
                     h = h.contiguous().mean((2, 3))  # one summation order whatever M
@@ -725,6 +764,10 @@ class ConvSpec(LaidOut):
             # channels-last [B, M*C, H, W]: oneDNN's grouped (depthwise-like) convs and
             # max pooling are ~5x faster on it than on the contiguous layout
             b = shape[1]
+            if c == 1:  # [M, B*H*W] -> [B*H*W, M]: one 2-d transpose copy (blocked in
+                # aten; ~1.3x faster than the general permute copy below; the same values)
+                xt = x.reshape(m, b * hh * ww).t().contiguous()
+                return xt.view(b, hh, ww, m).permute(0, 3, 1, 2), True
             x5 = x.reshape(m, b, c, hh, ww).permute(1, 3, 4, 0, 2)  # [B, H, W, M, C]
             return x5.contiguous().view(b, hh, ww, m * c).permute(0, 3, 1, 2), True
         raise UsageError(
@@ -746,10 +789,12 @@ class ConvSpec(LaidOut):
         import torch
         import torch.nn.functional as F
 
+        from bnnctl.arch.conv_kernels import grouped_conv
+
         wf = w.reshape(-1, *w.shape[2:])  # [M*out, in/groups, k, k]
         bf = b.reshape(-1) if b is not None else None
-        if stacked:
-            return F.conv2d(h, wf, bf, ly.stride, ly.padding, groups=m * ly.groups)
+        if stacked:  # one input channel per group: a depthwise forward (conv_kernels)
+            return grouped_conv(h, wf, bf, ly.stride, ly.padding, m * ly.groups)
         if ly.groups > 1:  # each model's groups see their own copy of the input
             hm = h.repeat(1, m, 1, 1)
             return F.conv2d(hm, wf, bf, ly.stride, ly.padding, groups=m * ly.groups)
@@ -780,6 +825,23 @@ class ConvSpec(LaidOut):
             return functional_call(net, p, (xi,))
 
         return vmap(one, in_dims=(0, 0 if per_model else None))(views, x)
+
+
+def _apply_mask(
+    h: torch.Tensor, mask: torch.Tensor, m: int, stacked: bool
+) -> tuple[torch.Tensor, bool]:
+    """``h`` times per-model dropout masks ``[M, B, *shape]`` (element-wise): on a map
+    ``h [B, C, H, W]`` (shared input, repeated per model first) or ``[B, M*C, H, W]``;
+    on flat features ``[B, F]`` (shared) or ``[M, B, F]``. Returns ``h`` and whether its
+    channels now hold all ``M`` models."""
+    if h.dim() == 4:
+        if not stacked:
+            h = h.repeat(1, m, 1, 1)
+        b = h.shape[0]
+        return h * mask.transpose(0, 1).reshape(b, -1, *mask.shape[3:]), True
+    if h.dim() == 2:
+        return h.unsqueeze(0) * mask, stacked
+    return h * mask, stacked
 
 
 def _act(fn: str, h: torch.Tensor, inplace: bool = False) -> torch.Tensor:

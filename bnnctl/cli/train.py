@@ -26,7 +26,7 @@ from bnnctl.cli.common import (
 )
 from bnnctl.engines.config import Optimizer, Schedule, TrainConfig
 from bnnctl.errors import UsageError
-from bnnctl.store.store import DType
+from bnnctl.store.format import DType
 
 #: Seeds one run may request (each is a row; a store holds more over several runs).
 MAX_SEEDS_PER_RUN = 10_000_000
@@ -83,6 +83,23 @@ def train_cmd(
             help="Step schedule factor in (0, 1] (default 0.1; implies --schedule step).",
         ),
     ] = None,
+    stop_below_acc: Annotated[
+        float | None,
+        typer.Option(
+            "--stop-below-acc",
+            help="Early stop: a model whose accuracy on the test split (bnnctl has train and "
+            "test splits only, no validation split) is below this after --stop-after-epoch "
+            "epochs stops there (its weights are kept; its epochs column says when). "
+            "OptuNet's: 0.15 after 3.",
+        ),
+    ] = None,
+    stop_after_epoch: Annotated[
+        int | None,
+        typer.Option(
+            "--stop-after-epoch",
+            help="Epochs trained before the --stop-below-acc check (1..epochs-1).",
+        ),
+    ] = None,
     dtype: Annotated[DType, typer.Option("--dtype", help="Stored precision.")] = DType.float32,
     population: Annotated[
         str | None,
@@ -126,6 +143,8 @@ def train_cmd(
         sched,
         milestones,
         lr_gamma,
+        stop_below_acc,
+        stop_after_epoch,
     )
     t0 = time.perf_counter()
     with progress(quiet, "train", seeds * epochs, per_item=epochs) as advance:
@@ -155,6 +174,12 @@ def train_cmd(
             msg += f"; test accuracy median {acc.median():.4f}, min {acc.min():.4f}"
         else:
             msg += f"; test RMSE median {rows['test_rmse'].median():.4g}"
+        if cfg.stop_below_acc is not None:
+            stopped = int((rows["epochs"] < cfg.epochs).sum())
+            msg += (
+                f"; {stopped} stopped early (test accuracy < {cfg.stop_below_acc:g} "
+                f"after epoch {cfg.stop_after_epoch})"
+            )
     name = rows["population"].iloc[0] if len(rows) else population or ds.name
     log(quiet, f"{msg}; population {name}; store {store}")
 

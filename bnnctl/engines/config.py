@@ -43,7 +43,15 @@ class TrainConfig:
     ``torch.optim.lr_scheduler.MultiStepLR`` stepped once per epoch): the rate is
     multiplied by ``lr_gamma`` (default 0.1) at the start of each milestone epoch
     (0-based; default milestones 50 % and 75 % of the epochs). Unset, they are left out of
-    :meth:`identity`, so populations trained before they existed keep their hashes."""
+    :meth:`identity`, so populations trained before they existed keep their hashes.
+
+    ``stop_below_acc`` and ``stop_after_epoch`` are an early-stop rule (OptuNet's: 0.15
+    after epoch 3): once ``stop_after_epoch`` epochs are done, each model whose accuracy on
+    the *test* split (bnnctl has train and test splits only, no validation split) is
+    below ``stop_below_acc`` stops: its parameters stay as they are from then on, and its
+    manifest row's ``epochs`` is ``stop_after_epoch``. Set, both are hashed into
+    :meth:`identity` (a population with the rule is another population); unset, left
+    out, so older hashes are unchanged. They are not manifest columns."""
 
     optimizer: str = "adam"
     lr: float = 1e-3
@@ -55,6 +63,8 @@ class TrainConfig:
     schedule: str = "constant"
     lr_milestones: tuple[int, ...] = ()
     lr_gamma: float | None = None
+    stop_below_acc: float | None = None
+    stop_after_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -74,6 +84,29 @@ class TrainConfig:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise UsageError("`nesterov` needs optimizer sgd with momentum > 0", "nesterov")
         self._check_steps()
+        self._check_stop()
+
+    def _check_stop(self) -> None:
+        acc, after = self.stop_below_acc, self.stop_after_epoch
+        if (acc is None) != (after is None):
+            given, missing = (
+                ("stop_below_acc", "stop_after_epoch")
+                if after is None
+                else ("stop_after_epoch", "stop_below_acc")
+            )
+            raise UsageError(f"`{given}` needs `{missing}` too (the early-stop rule)", missing)
+        if acc is not None and not (
+            isinstance(acc, (int, float)) and not isinstance(acc, bool) and 0 <= acc <= 1
+        ):
+            raise UsageError(f"`stop_below_acc` must be in [0, 1], got {acc}", "stop_below_acc")
+        if after is not None and not (
+            isinstance(after, int) and not isinstance(after, bool) and 1 <= after < self.epochs
+        ):
+            raise UsageError(
+                f"`stop_after_epoch` must be in 1..{self.epochs - 1} (epochs {self.epochs}), "
+                f"got {after}",
+                "stop_after_epoch",
+            )
 
     def _check_steps(self) -> None:
         ms = self.lr_milestones
@@ -103,7 +136,8 @@ class TrainConfig:
 
     def identity(self) -> dict:
         """The configuration as hashed into a population's identity: every field, except
-        ``lr_milestones`` and ``lr_gamma`` when unset (so older hashes are unchanged)."""
+        ``lr_milestones``, ``lr_gamma`` and the early-stop rule when unset (so older hashes
+        are unchanged)."""
         d = asdict(self)
         if not self.lr_milestones:
             del d["lr_milestones"]
@@ -111,13 +145,19 @@ class TrainConfig:
             d["lr_milestones"] = list(self.lr_milestones)
         if self.lr_gamma is None:
             del d["lr_gamma"]
+        if self.stop_below_acc is None:
+            del d["stop_below_acc"], d["stop_after_epoch"]
+        else:
+            d["stop_below_acc"] = float(self.stop_below_acc)
         return d
 
     def columns(self) -> dict:
         """The manifest's training-configuration columns: the fields, with milestones
-        and gamma written into ``schedule`` when set (e.g. ``step@15,30x0.5``)."""
+        and gamma written into ``schedule`` when set (e.g. ``step@15,30x0.5``); the
+        early-stop rule is not a column (a stopped model's ``epochs`` says it)."""
         d = asdict(self)
         ms, g = d.pop("lr_milestones"), d.pop("lr_gamma")
+        del d["stop_below_acc"], d["stop_after_epoch"]  # hashed, not columns
         if ms or g is not None:
             d["schedule"] = f"step@{','.join(map(str, ms)) or '50%,75%'}x{g if g else 0.1:g}"
         return d

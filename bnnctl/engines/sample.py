@@ -159,6 +159,10 @@ def make_plan(
             f"MC dropout needs checkpoints trained with dropout; {arch.name} has none "
             "(train with --dropout RATE)"
         )
+    if config.method == "mc_dropout" and arch.kind == "cnn":
+        from bnnctl.samplers.mc_dropout import conv_fold_targets
+
+        conv_fold_targets(arch)  # type: ignore[arg-type]  # one line naming an unfoldable layer
     name = popmod.check_name(population or f"{dataset.name}-{config.method}")
     seg = segment or max(1, min(samples, BLOCK_ROWS // len(parents)))
     popmod.check_memory(

@@ -11,8 +11,17 @@ store, so blocks can run in worker processes (``jobs``) or on Dask workers (``sc
 Conv nets (:class:`~bnnctl.arch.ConvSpec`) train on the same plan
 (:func:`train_conv_models`): the stacked ``[M, P]`` params are one leaf tensor, each
 model's own minibatch goes through ``ConvSpec.forward`` (the models as the groups of
-grouped convs) and autograd gives each model its own gradient. Dropout in a conv net is
-refused for now (no per-model masks in its forward).
+grouped convs) and autograd gives each model its own gradient. Dropout in a conv net
+multiplies by element-wise masks (as ``nn.Dropout``) drawn from each model's own
+generator (:func:`conv_dropout_masks`).
+
+Early stop (``TrainConfig.stop_below_acc`` / ``stop_after_epoch``): after that epoch,
+each model is evaluated alone on the test split and a model under the threshold is
+frozen: its row of the stacked params is restored after every later optimizer step, so
+the other models' arithmetic is untouched (the optimizers are elementwise). The rule is
+in the population's hash but not in its models' random streams, so a model that does
+not stop has the weights of the population without the rule, and a stopped one those
+it had after ``stop_after_epoch`` epochs there, bit for bit.
 
 Model k's initialisation and data order come from its own generator, seeded by
 (population config, k) alone: the same seed gives the same weights whatever the block
@@ -21,6 +30,7 @@ Model k's initialisation and data order come from its own generator, seeded by
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from collections.abc import Callable, Iterable
@@ -60,20 +70,23 @@ class Population:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sha256", self._digest(with_dtype=True))
 
-    def _digest(self, with_dtype: bool) -> str:
-        desc = {
-            "arch": self.arch.to_json(),
-            "config": self.config.identity(),
-            "data": self.dataset.sha256,
-        }
+    def _digest(self, with_dtype: bool, with_stop: bool = True) -> str:
+        config = self.config.identity()
+        if not with_stop:
+            config.pop("stop_below_acc", None)
+            config.pop("stop_after_epoch", None)
+        desc = {"arch": self.arch.to_json(), "config": config, "data": self.dataset.sha256}
         if with_dtype:
             desc["dtype"] = self.dtype
         return popmod.digest(desc)
 
     def generator(self, seed: int) -> torch.Generator:
-        """Model ``seed``'s own random stream: init first, then one permutation per epoch.
-        Independent of the stored dtype: a float16 population holds the float32 one, rounded."""
-        return popmod.generator(self._digest(with_dtype=False), seed)
+        """Model ``seed``'s own random stream: init first, then one permutation per epoch
+        (and each step's dropout masks). Independent of the stored dtype (a float16
+        population holds the float32 one, rounded) and of the early-stop rule (a
+        population with it holds the models of the one without, those under the
+        threshold stopped early)."""
+        return popmod.generator(self._digest(with_dtype=False, with_stop=False), seed)
 
     def model_id(self, seed: int) -> str:
         return f"{self.name}.{seed:06d}"
@@ -85,7 +98,19 @@ def train_models(
     on_epoch: Callable[[int], None] | None = None,
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Train the models ``seeds`` together; return params ``[M, P]`` and the mean training
-    loss of each model's last epoch ``[M]``."""
+    loss of each model's last epoch ``[M]`` (of its last trained epoch, if it stopped
+    early: :func:`train_models_epochs` also returns how many epochs each trained)."""
+    params, loss, _ = train_models_epochs(pop, seeds, on_epoch)
+    return params, loss
+
+
+def train_models_epochs(
+    pop: Population,
+    seeds: list[int],
+    on_epoch: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """:func:`train_models`, plus the epochs each model trained ``[M]`` (fewer than
+    ``config.epochs`` for a model stopped by the early-stop rule)."""
     if isinstance(pop.arch, ConvSpec):
         return train_conv_models(pop, pop.arch, seeds, on_epoch)
     arch, cfg, ds = pop.arch, pop.config, pop.dataset
@@ -100,6 +125,7 @@ def train_models(
     n, bs = x.shape[0], cfg.batch_size
     masks = None
     loss = torch.zeros(m)
+    stopper = _Stopper(pop, m)
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
@@ -120,10 +146,16 @@ def train_models(
                 )
                 arch.backward(layers, keep, dout.div_(b), grads, masks)
             opt.step()
+            stopper.restore(buf.detach())
             loss += nll
+        stopper.end_epoch(epoch, loss, lambda: arch.to_model_major(buf.detach(), m))
+        if stopper.frozen.any() and stopper.where is None:
+            rows = torch.from_numpy(stopper.frozen)[:, None].expand(m, arch.n_params)
+            stopper.freeze(buf.detach(), arch.to_layer_major(rows))
         if on_epoch is not None:
             on_epoch(m)
-    return arch.to_model_major(buf.detach(), m), (loss.double() / n).numpy()
+    params = arch.to_model_major(buf.detach(), m)
+    return params, (stopper.loss.double() / n).numpy(), stopper.epochs
 
 
 def train_conv_models(
@@ -131,8 +163,8 @@ def train_conv_models(
     arch: ConvSpec,
     seeds: list[int],
     on_epoch: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, np.ndarray]:
-    """:func:`train_models` for conv nets: the stacked params ``[M, P]`` are one leaf
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """:func:`train_models_epochs` for conv nets: the stacked params ``[M, P]`` are one leaf
     tensor, each model sees its own minibatch (``ConvSpec.forward`` on ``[M, B, n_inputs]``,
     the models as the groups of grouped convs), autograd computes the gradient of the sum
     over models of each model's mean NLL (so each model's gradient is its own), and
@@ -147,7 +179,6 @@ def train_conv_models(
     a global average pool over a channels-last map, and MKL's batched sgemm of tiny
     linear layers)."""
     cfg, ds = pop.config, pop.dataset
-    check_trainable(arch)
     gens = [pop.generator(s) for s in seeds]
     lone = len(seeds) == 1
     m = 2 if lone else len(seeds)
@@ -158,6 +189,12 @@ def train_conv_models(
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     n, bs = x.shape[0], cfg.batch_size
     loss = torch.zeros(m)
+    stopper = _Stopper(pop, len(seeds))
+    masks: list[torch.Tensor | None] | None = None
+
+    def current() -> torch.Tensor:  # the models' params now (not a lone model's copy)
+        return params.detach()[: len(seeds)]
+
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
@@ -168,7 +205,13 @@ def train_conv_models(
             idx = order[:, start : start + bs]
             b = idx.shape[1]
             flat_idx = idx.reshape(-1)
-            out = arch.forward(params, x.index_select(0, flat_idx).view(m, b, -1))
+            if arch.dropout > 0:
+                masks = conv_dropout_masks(arch, gens, b)
+                if lone:
+                    masks = [
+                        None if t is None else t.repeat(2, *[1] * (t.dim() - 1)) for t in masks
+                    ]
+            out = arch.forward(params, x.index_select(0, flat_idx).view(m, b, -1), masks)
             with torch.no_grad():
                 nll, dout = lik.nll_and_grad(
                     out.detach(), y.index_select(0, flat_idx).view(m, b, *y.shape[1:])
@@ -176,21 +219,101 @@ def train_conv_models(
             params.grad = None
             out.backward(dout.div_(b))
             opt.step()
+            stopper.restore(params.detach())
             loss += nll
+        k = len(seeds)
+        stopper.end_epoch(epoch, loss[:k], current)
+        if stopper.frozen.any() and stopper.where is None:
+            rows = np.tile(stopper.frozen, 2) if lone else stopper.frozen
+            stopper.freeze(params.detach(), rows)
         if on_epoch is not None:
             on_epoch(len(seeds))
     k = len(seeds)
-    return params.detach()[:k].contiguous(), (loss[:k].double() / n).numpy()
+    return params.detach()[:k].contiguous(), (stopper.loss.double() / n).numpy(), stopper.epochs
 
 
-def check_trainable(arch: AnyArch) -> None:
-    """Refuse what the trainer cannot train faithfully: a conv net with dropout (its
-    forward has no per-model dropout masks yet)."""
-    if isinstance(arch, ConvSpec) and arch.dropout > 0:
+class _Stopper:
+    """The early-stop rule of ``pop.config`` on a block of ``m`` models: tracks each
+    model's last-epoch loss and epochs trained; after epoch ``stop_after_epoch`` marks the
+    models whose test accuracy (each model evaluated alone, so the decision does not
+    depend on the block) is below ``stop_below_acc``; :meth:`restore` then puts their
+    parameters back after each optimizer step."""
+
+    def __init__(self, pop: Population, m: int) -> None:
+        self.pop, self.m = pop, m
+        self.epochs = np.full(m, pop.config.epochs, dtype=np.int64)
+        self.frozen = np.zeros(m, dtype=bool)
+        self.loss = torch.zeros(m)
+        self.where: torch.Tensor | None = None  # where in the buffer frozen values lie
+        self.values: torch.Tensor | None = None
+
+    def end_epoch(self, epoch: int, loss: torch.Tensor, params: Callable[[], torch.Tensor]) -> None:
+        """Record the epoch's loss of the models still training; apply the rule after
+        its epoch (``params()``: the block's model-major ``[m, P]`` params)."""
+        live = torch.from_numpy(~self.frozen)
+        self.loss = torch.where(live, loss, self.loss)
+        cfg = self.pop.config
+        if cfg.stop_after_epoch is None or epoch + 1 != cfg.stop_after_epoch:
+            return
+        assert cfg.stop_below_acc is not None
+        acc = accuracy_alone(self.pop.arch, params(), self.pop.dataset)
+        self.frozen = acc < cfg.stop_below_acc
+        self.epochs[self.frozen] = epoch + 1
+
+    def freeze(self, buf: torch.Tensor, where: torch.Tensor | np.ndarray) -> None:
+        """Start restoring ``buf[where]`` (a boolean mask of ``buf``'s shape or rows)."""
+        self.where = torch.as_tensor(where, dtype=torch.bool)
+        self.values = buf[self.where].clone()
+
+    def restore(self, buf: torch.Tensor) -> None:
+        if self.where is not None:
+            assert self.values is not None
+            buf[self.where] = self.values
+
+
+def accuracy_alone(arch: AnyArch, params: torch.Tensor, ds: Dataset) -> np.ndarray:
+    """Test-split accuracy ``[M]`` of model-major ``params [M, P]``, each model evaluated
+    in its own forward pass (so a model's number does not depend on its neighbours)."""
+    from bnnctl.evaluate import outputs
+    from bnnctl.evaluate.metrics import evaluate
+
+    lik = for_task(ds.task)
+    x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    with torch.no_grad():
+        acc = [
+            evaluate(lik, outputs(arch, params[k : k + 1], x), y)["acc"]
+            for k in range(params.shape[0])
+        ]
+    return torch.cat(acc).double().numpy()
+
+
+def conv_dropout_masks(
+    arch: ConvSpec, gens: list[torch.Generator], batch: int
+) -> list[torch.Tensor | None]:
+    """Per-model element-wise dropout masks for one step of a conv net, one per dropout
+    layer (``None`` for rate 0): ``[M, batch, *shape]`` (``ConvSpec.dropout_shapes``),
+    Bernoulli(1 - p) from each model's own generator, scaled by 1/(1 - p) as
+    ``nn.Dropout`` scales them. Model k draws layer by layer from its stream alone."""
+    out: list[torch.Tensor | None] = []
+    for i, shape in arch.dropout_shapes():
+        p = arch.layers[i].rate
+        if p <= 0:
+            out.append(None)
+            continue
+        keep = 1.0 - p
+        full = torch.full((batch, *shape), keep)
+        out.append(torch.stack([torch.bernoulli(full, generator=g) for g in gens]).div_(keep))
+    return out
+
+
+def check_trainable(pop: Population) -> None:
+    """Refuse what the trainer cannot do: the early-stop rule on a regression task (it
+    stops on accuracy)."""
+    if pop.config.stop_below_acc is not None and pop.dataset.task != "classification":
         raise UsageError(
-            f"training conv nets with dropout is not supported yet ({arch.name} has "
-            f"dropout {arch.dropout:g}); remove its d<rate> layers",
-            "arch",
+            f"`stop_below_acc` stops on test accuracy; {pop.dataset.name} is a "
+            f"{pop.dataset.task} dataset",
+            "stop_below_acc",
         )
 
 
@@ -216,7 +339,7 @@ def train_block(
     """Train one block of seeds and commit it to the store: ``block -> manifest rows``.
     A block with a non-finite model is refused whole unless ``allow_nonfinite``."""
     t0 = time.perf_counter()
-    params, train_loss = train_models(pop, seeds, on_epoch)
+    params, train_loss, trained = train_models_epochs(pop, seeds, on_epoch)
     stored = params.to(getattr(torch, pop.dtype)).float()  # metrics of the weights as stored
     metrics = metrics_of(pop.arch, for_task(pop.dataset.task), stored, pop.dataset)
     block = f"s{seeds[0]:06d}-{seeds[-1]:06d}"
@@ -243,6 +366,7 @@ def train_block(
                 "parent_id": None,
                 "config_sha256": pop.sha256,
                 **cfg,
+                "epochs": int(trained[i]),  # fewer than configured if stopped early
                 "wall_time_s": wall,
                 "train_loss": float(train_loss[i]),
                 **{k: float(v[i]) for k, v in metrics.items()},
@@ -266,11 +390,12 @@ def make_population(
     """Validate a population request (before anything touches a store)."""
     arch = arch or ArchSpec(dataset.default_arch_widths())
     check_arch(arch, dataset)
-    check_trainable(arch)
     name = popmod.check_name(name or dataset.name)
     if dtype not in DTYPES:
         raise UsageError.choice("dtype", dtype, DTYPES)
-    return Population(name, arch, config, dataset, dtype)
+    pop = Population(name, arch, config, dataset, dtype)
+    check_trainable(pop)
+    return pop
 
 
 @dataclass
@@ -413,12 +538,13 @@ def conv_block_memory(arch: ConvSpec, cfg: TrainConfig, n_eval: int, m: int) -> 
     (``ConvSpec.feature_sizes``) kept for autograd's backward, twice over for the
     gradients flowing back and a conv's unfolded input, times the minibatch; evaluation
     chunks of ``EVAL_CHUNK`` images through all ``m`` models (the two largest maps
-    alive at once); and the outputs on the whole evaluation set."""
+    alive at once); the outputs on the whole evaluation set; and dropout masks."""
     from bnnctl.evaluate import EVAL_CHUNK
 
     sizes = arch.feature_sizes()
     k2 = max([ly.kernel**2 for ly in arch.layers if ly.op == "conv"], default=1)
     per_image = 3 * sum(sizes[1:]) + sizes[0] * (1 + k2)
+    per_image += sum(math.prod(s) for _, s in arch.dropout_shapes())  # dropout masks
     top2 = sum(sorted(sizes[1:])[-2:])
     floats = (
         6 * m * arch.n_params

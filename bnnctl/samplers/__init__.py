@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 #: Methods that need an MLP's internals, and why (they refuse conv nets).
 MLP_ONLY = {
     "laplace": "its diagonal GGN is built on the MLP's hand-written backward",
-    "mc_dropout": "its dropout masks act on an MLP's hidden units",
 }
 
 

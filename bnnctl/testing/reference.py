@@ -44,17 +44,42 @@ def outputs(arch: ArchSpec, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor
         return torch.stack([module_of(arch, r)(x) for r in flat])
 
 
+def feed_dropout_masks(
+    net: torch.nn.Module, draw: Callable[[torch.Tensor, float], torch.Tensor]
+) -> list[Any]:
+    """Make each ``nn.Dropout`` of ``net`` with p > 0 (in module order) return its input
+    times ``draw(input, p)`` instead of torch's own mask (a forward hook replacing its
+    output; the module stays in train mode). Returns the hook handles."""
+    handles = []
+    for mod in net.modules():
+        if isinstance(mod, torch.nn.Dropout) and mod.p > 0:
+
+            def hook(m: torch.nn.Module, inp: tuple, out: torch.Tensor) -> torch.Tensor:
+                return inp[0] * draw(inp[0], m.p)  # type: ignore[arg-type]
+
+            handles.append(mod.register_forward_hook(hook))
+    return handles
+
+
 def train_reference(pop: Any, seed: int) -> torch.Tensor:
     """One model of population ``pop`` (an ``engines.train.Population``) trained the
     ordinary way: its plain module (:func:`build_module`, or a conv net's
-    ``ConvSpec.module()``), ``torch.optim`` (with ``MultiStepLR`` for milestones) and
-    ``F.cross_entropy``, one model at a time. It shares only the model's random stream
-    with bnnctl's trainer (the init, then one permutation per epoch). Returns ``[P]``."""
+    ``ConvSpec.module()``) in train mode, ``torch.optim`` (with ``MultiStepLR`` for
+    milestones) and ``F.cross_entropy``, one model at a time. It shares only the model's
+    random stream with bnnctl's trainer (the init, then per epoch one permutation, then
+    per step each dropout layer's element-wise mask of its input's shape, in module
+    order: Bernoulli(1 - p) / (1 - p), as ``nn.Dropout`` draws it, but from that
+    stream). Returns ``[P]``."""
     arch, cfg, ds = pop.arch, pop.config, pop.dataset
     conv = isinstance(arch, ConvSpec)
     g = pop.generator(seed)
     net = arch.module() if conv else build_module(arch)
     net.load_state_dict(arch.state_dict(arch.init(g)))
+    net.train()
+    feed_dropout_masks(
+        net,
+        lambda h, p: torch.bernoulli(torch.full(h.shape, 1.0 - p), generator=g).div_(1.0 - p),
+    )
     opt: torch.optim.Optimizer
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
