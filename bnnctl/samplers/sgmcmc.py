@@ -138,8 +138,10 @@ def _sqnorm(x: torch.Tensor) -> torch.Tensor:
 
 # --- the chains' draws and updates, in parallel -------------------------------------------
 
-#: Fewest chains per block.
-CHAINS_PER_THREAD = 1
+#: Fewest chains per block: two, so that a run cut into blocks never leaves a chain alone
+#: in a block where it was not alone before (a one-model batched product can take another
+#: kernel and round differently: seen on mlp:64-8-10, a chain alone against beside one other).
+CHAINS_PER_THREAD = 2
 #: Most chains whose draws, gradients and steps an update does together (within a block;
 #: 32, one block of 64 chains on two threads, measured faster than 16 or 8: fewer calls).
 GROUP = 32
