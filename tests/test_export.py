@@ -308,3 +308,10 @@ def test_import_bad_folders_and_conflicts(store_copy, tmp_path):
     new_store = tmp_path / "new.zarr"
     r = runner.invoke(app, ["import", str(tmp_path / "empty"), "--store", str(new_store)])
     assert r.exit_code == 2 and not new_store.exists()  # bad input creates no store
+
+
+def test_cli_formats_are_the_library_formats():
+    from bnnctl.cli.export import ExportFormat
+    from bnnctl.export import FORMATS
+
+    assert [f.value for f in ExportFormat] == list(FORMATS)
