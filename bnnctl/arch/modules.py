@@ -97,3 +97,13 @@ def save(arch: ArchSpec, row: np.ndarray, path) -> None:
     """Write one row as a plain PyTorch state_dict file (tensors only: it loads with
     ``torch.load(path, weights_only=True)``)."""
     torch.save({k: v.contiguous() for k, v in state_dict(arch, row).items()}, path)
+
+
+def dropout_masks(
+    gens: list[torch.Generator], shape: tuple[int, ...], rate: float, dtype=torch.float32
+) -> torch.Tensor:
+    """Dropout masks ``[M, *shape]`` as ``nn.Dropout`` applies them (Bernoulli(1 - rate),
+    scaled by 1/(1 - rate)), model k's drawn from ``gens[k]`` alone, in order."""
+    keep = 1.0 - rate
+    full = torch.full(shape, keep, dtype=dtype)
+    return torch.stack([torch.bernoulli(full, generator=g) for g in gens]).div_(keep)

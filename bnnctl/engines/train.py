@@ -43,6 +43,7 @@ import torch
 
 import bnnctl.scheduler as schedmod
 from bnnctl.arch import AnyArch, ArchSpec, ConvSpec
+from bnnctl.arch.modules import dropout_masks as bernoulli_masks
 from bnnctl.data import Dataset
 from bnnctl.engines import population as popmod
 from bnnctl.engines.config import TrainConfig
@@ -125,7 +126,10 @@ def train_models_epochs(
     n, bs = x.shape[0], cfg.batch_size
     masks = None
     loss = torch.zeros(m)
-    stopper = _Stopper(pop, m)
+    # a stopped model's rows of the layer-major buffer
+    stopper = _Stopper(
+        pop, m, lambda rows: arch.to_layer_major(rows[:, None].expand(m, arch.n_params))
+    )
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
@@ -148,10 +152,7 @@ def train_models_epochs(
             opt.step()
             stopper.restore(buf.detach())
             loss += nll
-        stopper.end_epoch(epoch, loss, lambda: arch.to_model_major(buf.detach(), m))
-        if stopper.frozen.any() and stopper.where is None:
-            rows = torch.from_numpy(stopper.frozen)[:, None].expand(m, arch.n_params)
-            stopper.freeze(buf.detach(), arch.to_layer_major(rows))
+        stopper.end_epoch(epoch, loss, buf.detach(), lambda: arch.to_model_major(buf.detach(), m))
         if on_epoch is not None:
             on_epoch(m)
     params = arch.to_model_major(buf.detach(), m)
@@ -189,7 +190,8 @@ def train_conv_models(
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     n, bs = x.shape[0], cfg.batch_size
     loss = torch.zeros(m)
-    stopper = _Stopper(pop, len(seeds))
+    # a lone model trains as two copies: its rows in both
+    stopper = _Stopper(pop, len(seeds), lambda rows: rows.repeat(2) if lone else rows)
     masks: list[torch.Tensor | None] | None = None
 
     def current() -> torch.Tensor:  # the models' params now (not a lone model's copy)
@@ -222,10 +224,7 @@ def train_conv_models(
             stopper.restore(params.detach())
             loss += nll
         k = len(seeds)
-        stopper.end_epoch(epoch, loss[:k], current)
-        if stopper.frozen.any() and stopper.where is None:
-            rows = np.tile(stopper.frozen, 2) if lone else stopper.frozen
-            stopper.freeze(params.detach(), rows)
+        stopper.end_epoch(epoch, loss[:k], params.detach(), current)
         if on_epoch is not None:
             on_epoch(len(seeds))
     k = len(seeds)
@@ -237,19 +236,30 @@ class _Stopper:
     model's last-epoch loss and epochs trained; after epoch ``stop_after_epoch`` marks the
     models whose test accuracy (each model evaluated alone, so the decision does not
     depend on the block) is below ``stop_below_acc``; :meth:`restore` then puts their
-    parameters back after each optimizer step."""
+    parameters back after each optimizer step. ``to_buffer(rows)``: the elements of the
+    trainer's buffer that hold the models marked in the boolean ``rows [m]``."""
 
-    def __init__(self, pop: Population, m: int) -> None:
-        self.pop, self.m = pop, m
+    def __init__(
+        self, pop: Population, m: int, to_buffer: Callable[[torch.Tensor], torch.Tensor]
+    ) -> None:
+        self.pop, self.to_buffer = pop, to_buffer
         self.epochs = np.full(m, pop.config.epochs, dtype=np.int64)
         self.frozen = np.zeros(m, dtype=bool)
         self.loss = torch.zeros(m)
         self.where: torch.Tensor | None = None  # where in the buffer frozen values lie
         self.values: torch.Tensor | None = None
 
-    def end_epoch(self, epoch: int, loss: torch.Tensor, params: Callable[[], torch.Tensor]) -> None:
-        """Record the epoch's loss of the models still training; apply the rule after
-        its epoch (``params()``: the block's model-major ``[m, P]`` params)."""
+    def end_epoch(
+        self,
+        epoch: int,
+        loss: torch.Tensor,
+        buf: torch.Tensor,
+        params: Callable[[], torch.Tensor],
+    ) -> None:
+        """Record the epoch's loss of the models still training; after the rule's epoch,
+        mark the models under the threshold and keep their values in ``buf`` (the
+        trainer's buffer) for :meth:`restore` (``params()``: the block's model-major
+        ``[m, P]`` params)."""
         live = torch.from_numpy(~self.frozen)
         self.loss = torch.where(live, loss, self.loss)
         cfg = self.pop.config
@@ -259,11 +269,9 @@ class _Stopper:
         acc = accuracy_alone(self.pop.arch, params(), self.pop.dataset)
         self.frozen = acc < cfg.stop_below_acc
         self.epochs[self.frozen] = epoch + 1
-
-    def freeze(self, buf: torch.Tensor, where: torch.Tensor | np.ndarray) -> None:
-        """Start restoring ``buf[where]`` (a boolean mask of ``buf``'s shape or rows)."""
-        self.where = torch.as_tensor(where, dtype=torch.bool)
-        self.values = buf[self.where].clone()
+        if self.frozen.any():
+            self.where = self.to_buffer(torch.from_numpy(self.frozen))
+            self.values = buf[self.where].clone()
 
     def restore(self, buf: torch.Tensor) -> None:
         if self.where is not None:
@@ -294,16 +302,8 @@ def conv_dropout_masks(
     layer (``None`` for rate 0): ``[M, batch, *shape]`` (``ConvSpec.dropout_shapes``),
     Bernoulli(1 - p) from each model's own generator, scaled by 1/(1 - p) as
     ``nn.Dropout`` scales them. Model k draws layer by layer from its stream alone."""
-    out: list[torch.Tensor | None] = []
-    for i, shape in arch.dropout_shapes():
-        p = arch.layers[i].rate
-        if p <= 0:
-            out.append(None)
-            continue
-        keep = 1.0 - p
-        full = torch.full((batch, *shape), keep)
-        out.append(torch.stack([torch.bernoulli(full, generator=g) for g in gens]).div_(keep))
-    return out
+    rates = [(arch.layers[i].rate, shape) for i, shape in arch.dropout_shapes()]
+    return [bernoulli_masks(gens, (batch, *s), p) if p > 0 else None for p, s in rates]
 
 
 def check_trainable(pop: Population) -> None:
@@ -319,13 +319,7 @@ def check_trainable(pop: Population) -> None:
 
 def dropout_masks(arch: ArchSpec, gens: list[torch.Generator], batch: int) -> list[torch.Tensor]:
     """Per-model dropout masks (scaled by 1/(1-p)) for one step, from each model's stream."""
-    keep = 1.0 - arch.dropout
-    return [
-        torch.stack(
-            [torch.bernoulli(torch.full((batch, w), keep), generator=g) for g in gens]
-        ).div_(keep)
-        for w in arch.widths[1:-1]
-    ]
+    return [bernoulli_masks(gens, (batch, w), arch.dropout) for w in arch.widths[1:-1]]
 
 
 def train_block(

@@ -33,6 +33,7 @@ import math
 import torch
 
 from bnnctl.arch import ConvSpec
+from bnnctl.arch.modules import dropout_masks
 from bnnctl.errors import UsageError
 from bnnctl.samplers.base import ChainState, Sampler, SamplerConfig
 from bnnctl.samplers.posterior import LogPosterior
@@ -74,13 +75,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
 
 def masks(arch, gens: list[torch.Generator], dtype: torch.dtype) -> list[torch.Tensor]:
     """Per-chain unit masks ``[M, width]`` per hidden layer, scaled by 1/(1 − p)."""
-    keep = 1.0 - arch.dropout
-    return [
-        torch.stack(
-            [torch.bernoulli(torch.full((w,), keep, dtype=dtype), generator=g) for g in gens]
-        ).div_(keep)
-        for w in arch.widths[1:-1]
-    ]
+    return [dropout_masks(gens, (w,), arch.dropout, dtype) for w in arch.widths[1:-1]]
 
 
 def apply_masks(arch, params: torch.Tensor, unit_masks: list[torch.Tensor]) -> torch.Tensor:
@@ -137,12 +132,9 @@ def conv_masks(
     (``targets`` of :func:`conv_fold_targets`), scaled by 1/(1 − p): one per draw,
     shared by all inputs, chain m's from its own generator, layer by layer."""
     shapes = dict(arch.dropout_shapes())
-    out = []
-    for i, _ in targets:
-        keep = 1.0 - arch.layers[i].rate
-        full = torch.full((math.prod(shapes[i]),), keep, dtype=dtype)
-        out.append(torch.stack([torch.bernoulli(full, generator=g) for g in gens]).div_(keep))
-    return out
+    return [
+        dropout_masks(gens, (math.prod(shapes[i]),), arch.layers[i].rate, dtype) for i, _ in targets
+    ]
 
 
 def apply_conv_masks(

@@ -415,11 +415,13 @@ class Store:
             out[idx] = block
         return out
 
-    def read_array(self, path: str) -> tuple[np.ndarray, dict]:
+    def read_array(self, path: str, meta: dict | None = None) -> tuple[np.ndarray, dict]:
         """Every row of the params array ``path`` in its stored dtype, and its attributes:
         a shard file per request (:mod:`.shards`) when it has the layout commit_block
-        writes, through zarr otherwise. Raises what the read raises."""
-        meta = json.loads(self.fs.cat_file(self._path(path, "zarr.json")))
+        writes, through zarr otherwise. ``meta``: its ``zarr.json``, when already read.
+        Raises what the read raises."""
+        if meta is None:
+            meta = json.loads(self.fs.cat_file(self._path(path, "zarr.json")))
         data = shards.read_whole(self.fs, self._path(path), meta)
         if data is not None:
             return data, meta.get("attributes") or {}
@@ -433,7 +435,7 @@ class Store:
             raise StoreError(f"rows {r.min()}..{r.max()} are outside {path} ({arr.shape[0]} rows)")
         try:  # zarr types reads as array-or-scalar; these 2-D selections are arrays
             if len(r) * 4 >= arr.shape[0]:  # most of the shard: one sequential read
-                return self.read_array(path)[0][r]
+                return self.read_array(path, arr.metadata.to_dict())[0][r]
             uniq, inverse = np.unique(r, return_inverse=True)
             return cast(np.ndarray, arr.oindex[uniq, :])[inverse]
         except (ValueError, OSError) as e:  # a truncated or unreadable chunk

@@ -262,6 +262,7 @@ def select(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
 _SQL_CMP = {ast.Eq: "=", ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">="}
 _FLIP = {ast.Eq: ast.Eq, ast.Lt: ast.Gt, ast.LtE: ast.GtE, ast.Gt: ast.Lt, ast.GtE: ast.LtE}
 _INT64 = (-(2**63), 2**63 - 1)
+_NONE = object()  # what _literal gives for a node that is no literal
 
 
 def pushdown(expr: str | None, kinds: dict[str, str]) -> str | None:
@@ -311,9 +312,6 @@ def _literal(node: ast.expr) -> Any:
     if isinstance(value, str):
         return value
     return sign * value if isinstance(value, int | float) and not isinstance(value, bool) else _NONE
-
-
-_NONE = object()
 
 
 def _sql_literal(value: Any, kind: str) -> str | None:
