@@ -225,6 +225,14 @@ SchedulerOpt = Annotated[
         "Default: in this process.",
     ),
 ]
+DeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="Where the arithmetic runs: auto (the first GPU torch sees, else the CPU), cpu, "
+        "cuda or cuda:N. Random draws stay on the CPU, so a seed draws the same on any device.",
+    ),
+]
 AllowNonfiniteOpt = Annotated[
     bool,
     typer.Option(

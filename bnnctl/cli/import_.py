@@ -13,6 +13,7 @@ from bnnctl.cli.common import (
     AllowNonfiniteOpt,
     DataOpt,
     DatasetOpt,
+    DeviceOpt,
     QuietOpt,
     StoreOpt,
     command,
@@ -60,6 +61,7 @@ def import_cmd(
             help="Stored dtype (default: float16 when every tensor is float16, else float32).",
         ),
     ] = None,
+    device: DeviceOpt = "auto",
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -98,6 +100,7 @@ def import_cmd(
             progress=advance,
             allow_nonfinite=allow_nonfinite,
             dtype=dtype and dtype.value,
+            device=device,
         )
     msg = f"imported {len(res.rows)} models ({res.arch.name}, {res.dtype})"
     if res.skipped:

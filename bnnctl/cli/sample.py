@@ -13,6 +13,7 @@ from bnnctl.cli.common import (
     ArchOpt,
     DataOpt,
     DatasetOpt,
+    DeviceOpt,
     DropoutOpt,
     QuietOpt,
     SchedulerOpt,
@@ -110,6 +111,7 @@ def sample_cmd(
         str | None, _opt("--population", "Population name (default: <dataset>-<method>).")
     ] = None,
     scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "auto",
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -118,10 +120,12 @@ def sample_cmd(
 
     Example: bnnctl sample --method hmc --chains 8 --samples 200 --burn-in 50 --prior-var 0.2
     """
+    from bnnctl.device import parse, resolve
     from bnnctl.engines.sample import make_plan, run_plan
     from bnnctl.scheduler import require
 
-    require(scheduler)  # before make_plan creates a store
+    # before make_plan creates a store
+    dev = parse(device) if require(scheduler) is not None else str(resolve(device))
 
     cfg = SamplerConfig(
         method.value,
@@ -145,7 +149,7 @@ def sample_cmd(
     )
     st, plan = make_plan(store, cfg, samples, chains, ds, spec, start, population, segment, seed)
     with progress(quiet, f"sample {cfg.method}", plan.total_steps, unit="steps") as advance:
-        result = run_plan(st, plan, advance, scheduler)
+        result = run_plan(st, plan, advance, scheduler, dev)
     rows = result.rows
     msg = f"committed {len(rows)} rows ({plan.chains} chains x {plan.samples} samples"
     msg += (

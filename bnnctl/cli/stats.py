@@ -11,6 +11,7 @@ import typer
 from bnnctl.cli.common import (
     DEFAULT_STORE,
     AsOfOpt,
+    DeviceOpt,
     FormatFlag,
     QuietOpt,
     SchedulerOpt,
@@ -68,6 +69,7 @@ def stats_cmd(
     ] = 0,
     fmt: Annotated[StatsFormat, FormatFlag] = StatsFormat.table,
     scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "auto",
     as_of: AsOfOpt = None,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
@@ -95,6 +97,7 @@ def stats_cmd(
         seed,
         plot=plot or False,
         scheduler=scheduler,
+        device=device,
     )
     if plot is not None:
         log(quiet, f"wrote {len(rep['plots'])} figures to {plot}")

@@ -15,6 +15,7 @@ from bnnctl.cli.common import (
     ArchOpt,
     DataOpt,
     DatasetOpt,
+    DeviceOpt,
     DropoutOpt,
     QuietOpt,
     SchedulerOpt,
@@ -112,6 +113,7 @@ def train_cmd(
         int, typer.Option("--jobs", "-j", help="Worker processes, each training whole blocks.")
     ] = 1,
     scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "auto",
     allow_nonfinite: AllowNonfiniteOpt = False,
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
@@ -161,6 +163,7 @@ def train_cmd(
             progress=advance,
             allow_nonfinite=allow_nonfinite,
             scheduler=scheduler,
+            device=device,
         )
     elapsed = time.perf_counter() - t0
     rows = result.rows

@@ -182,7 +182,11 @@ class TrainConfig:
         import torch
 
         if self.optimizer == "adam":
-            return torch.optim.Adam(params, lr=self.lr, weight_decay=self.weight_decay, fused=True)
+            # fused where torch has the kernel (CPU, CUDA); the same arithmetic elsewhere
+            fused = params[0].device.type in ("cpu", "cuda")
+            return torch.optim.Adam(
+                params, lr=self.lr, weight_decay=self.weight_decay, fused=fused or None
+            )
         return torch.optim.SGD(
             params,
             lr=self.lr,

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.device as devmod
 from bnnctl.arch import PRESETS, AnyArch, ArchSpec, ConvSpec, arch_from_json
 from bnnctl.arch.modules import check_state_dict
 from bnnctl.data import Dataset
@@ -355,6 +356,7 @@ def import_folder(
     progress: Callable[[int], None] | None = None,
     allow_nonfinite: bool = False,
     dtype: str | None = None,
+    device: str = "auto",
 ) -> ImportResult:
     """Import every .safetensors / .pt / .pth file of ``folder`` (a folder, possibly
     holding .tgz/.tar.gz archives of such files, or one archive) as a model of population
@@ -364,7 +366,9 @@ def import_folder(
     path, opened (created) only then. File names must make valid model ids
     (:data:`~bnnctl.engines.population.NAME_PATTERN`), one per model; weights must be
     finite unless ``allow_nonfinite``. Rows are stored as ``dtype`` (float32 | float16;
-    default: float16 when every tensor is float16, else float32)."""
+    default: float16 when every tensor is float16, else float32). The models are evaluated
+    on ``device`` (:mod:`bnnctl.device`)."""
+    dev = devmod.resolve(device)
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise UsageError(f"`dropout` must be in [0, 1), got {dropout}", "dropout")
     if dtype not in (None, *DTYPES):
@@ -429,7 +433,15 @@ def import_folder(
         for s in range(0, len(todo), block_size):
             committed.append(
                 _commit(
-                    store, todo[s : s + block_size], arch, dtype, dataset, name, config, data_path
+                    store,
+                    todo[s : s + block_size],
+                    arch,
+                    dtype,
+                    dataset,
+                    name,
+                    config,
+                    data_path,
+                    dev,
                 )
             )
             if progress is not None:
@@ -454,12 +466,11 @@ def _images(arch: AnyArch, ds: Dataset) -> Dataset:
     )
 
 
-def _commit(store, todo, arch, dtype, ds, name, config, data_path) -> pd.DataFrame:
+def _commit(store, todo, arch, dtype, ds, name, config, data_path, dev) -> pd.DataFrame:
     ids = [m for m, _ in todo]
     params = np.stack([p for _, p in todo])
-    metrics = metrics_of(
-        arch, for_task(ds.task), torch.from_numpy(params.astype(np.float32)), _images(arch, ds)
-    )
+    flat = torch.from_numpy(params.astype(np.float32))
+    metrics = metrics_of(arch, for_task(ds.task), flat, _images(arch, ds), dev)
     rows = [
         {
             "model_id": m,

@@ -113,11 +113,17 @@ def available_memory() -> int | None:
     return None
 
 
-def check_memory(need: int, what: str, hint: str) -> None:
+def check_memory(need: int, what: str, hint: str, device: torch.device | None = None) -> None:
     """Refuse, before any work, a request whose estimated peak memory ``need`` exceeds what
     is available (a :class:`UsageError` with the estimate, instead of an out-of-memory
-    kill halfway through)."""
-    have = available_memory()
+    kill halfway through): the machine's memory, or the GPU's free memory on ``cuda``."""
+    if device is not None and device.type == "cuda":
+        import torch
+
+        have: int | None = torch.cuda.mem_get_info(device)[0]
+        what = f"{what} on {device}"
+    else:
+        have = available_memory()
     if have is not None and need > have:
         raise UsageError(
             f"{what} needs about {human_bytes(need)} of memory, and {human_bytes(have)} is "

@@ -29,6 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.device as devmod
 import bnnctl.scheduler as schedmod
 from bnnctl.arch import AnyArch, ArchSpec, arch_from_json
 from bnnctl.data import Dataset
@@ -321,16 +322,19 @@ def sample(
     seed: int = 0,
     progress: Callable[[int], None] | None = None,
     scheduler: str | None = None,
+    device: str = "auto",
 ) -> SampleResult:
     """Run (or resume) a sample population and commit its kept samples segment by
     segment. ``progress(n)`` is called as sampler updates (or draws) complete.
     ``scheduler`` (``local:N`` or ``tcp://HOST:PORT``) runs blocks of chains on Dask
-    workers (:func:`run_plan`)."""
-    schedmod.require(scheduler)  # checked before anything is written
+    workers (:func:`run_plan`); ``device`` is where the chains run
+    (:mod:`bnnctl.device`; Dask workers resolve it themselves)."""
+    sched = schedmod.require(scheduler)  # checked before anything is written
+    dev = devmod.parse(device) if sched is not None else str(devmod.resolve(device))
     store, plan = make_plan(
         store, config, samples, chains, dataset, arch, start, population, segment, seed
     )
-    return run_plan(store, plan, progress, scheduler)
+    return run_plan(store, plan, progress, scheduler, dev)
 
 
 @dataclass
@@ -350,8 +354,9 @@ def run_plan(
     plan: Plan,
     progress: Callable[[int], None] | None = None,
     scheduler: str | None = None,
+    device: str = "auto",
 ) -> SampleResult:
-    """Run (or resume) ``plan``. In this process, all chains run together; with
+    """Run (or resume) ``plan`` on ``device``. In this process, all chains run together; with
     ``scheduler`` they are split into about one block per Dask worker thread, each
     run (burn-in, then its segments, committed as ``params/<pop>/c<a>-<b>/seg<k>``) by a
     worker as one task. A resumed run keeps the blocks it finds committed, wherever it
@@ -368,14 +373,14 @@ def run_plan(
     if sched is None:
         blocks = chain_blocks(plan, committed, 1)
         results = [
-            run_chains(store, plan, b, len(committed.get(b, [])), share.of(b))
+            run_chains(store, plan, b, len(committed.get(b, [])), share.of(b), device)
             for b in blocks
             if len(committed.get(b, [])) < plan.n_segments
         ]
     else:
         with schedmod.connect(sched) as cluster:
             blocks = chain_blocks(plan, committed, cluster.slots)
-            results = _run_scheduled(store, plan, blocks, committed, share, cluster)
+            results = _run_scheduled(store, plan, blocks, committed, share, cluster, device)
         store = Store.open(store.url)  # workers committed: read the manifest afresh
     skipped = min(len(committed.get(b, [])) for b in blocks)
     result = SampleResult(plan.population, store.manifest().iloc[0:0], skipped, {})
@@ -421,6 +426,7 @@ def _run_scheduled(
     committed: dict[range, list[int]],
     share: _Shares,
     cluster: schedmod.Cluster,
+    device: str,
 ) -> list[ChainsResult]:
     """Each unfinished block of chains as one Dask task; progress advances by a block's
     share of its updates as it finishes."""
@@ -428,15 +434,16 @@ def _run_scheduled(
     return cluster.map(
         _scheduled_chains,
         [(b, len(committed.get(b, []))) for b in todo],
-        (plan, schedmod.location(store)),
+        (plan, schedmod.location(store), device),
         lambda i, r: share.of(todo[i])(r.steps),
         lambda i: f"chains {_block_label(todo[i])} of {plan.population}",
     )
 
 
-def _scheduled_chains(chains: range, done: int, plan: Plan, url: str) -> ChainsResult:
-    """One block of chains on a Dask worker: open the store, run, commit (as in-process)."""
-    return run_chains(Store.open(url), plan, chains, done)
+def _scheduled_chains(chains: range, done: int, plan: Plan, url: str, device: str) -> ChainsResult:
+    """One block of chains on a Dask worker: open the store, run on the worker's
+    ``device``, commit (as in-process)."""
+    return run_chains(Store.open(url), plan, chains, done, None, device)
 
 
 def run_chains(
@@ -445,11 +452,12 @@ def run_chains(
     chains: range,
     done: int = 0,
     progress: Callable[[int], None] | None = None,
+    device: str | torch.device = "auto",
 ) -> ChainsResult:
-    """Run the block ``chains`` of ``plan`` from its ``done`` committed segments to the
-    end: burn-in (or its saved state), then one committed segment after another. When
-    every chain of the block has diverged, a block of all chains fails (a CheckError);
-    a smaller block stops, and its later segments stay empty."""
+    """Run the block ``chains`` of ``plan`` on ``device`` from its ``done`` committed
+    segments to the end: burn-in (or its saved state), then one committed segment after
+    another. When every chain of the block has diverged, a block of all chains fails (a
+    CheckError); a smaller block stops, and its later segments stay empty."""
     count = [0]
 
     def step(n: int) -> None:
@@ -457,11 +465,13 @@ def run_chains(
         if progress is not None:
             progress(n)
 
-    cfg = plan.config
-    post = LogPosterior.of(plan.arch, plan.dataset, cfg.prior_var, cfg.temperature, cfg.noise_std)
+    cfg, dev = plan.config, devmod.resolve(device)
+    post = LogPosterior.of(
+        plan.arch, plan.dataset, cfg.prior_var, cfg.temperature, cfg.noise_std, device=dev
+    )
     sampler = build(cfg, post)
     result = ChainsResult(store.manifest().iloc[0:0], {}, 0)
-    state = _restore(store, plan, chains, sampler, done)
+    state = _restore(store, plan, chains, sampler, done, dev)
     if state is None:
         state = _burn_in(plan, chains, sampler, post, step)
         _save(store, plan, chains, state, 0)
@@ -479,7 +489,7 @@ def run_chains(
     result.steps = count[0]
     if hasattr(state, "divergences"):
         result.divergent_transitions = int(state.divergences.sum())
-        result.accept_rate = state.accept_rate.numpy()
+        result.accept_rate = state.accept_rate.cpu().numpy()
     return result
 
 
@@ -502,10 +512,12 @@ def _array_path(plan: Plan, chains: range, seg: int) -> str:
     return f"params/{plan.population}/{_block_label(chains)}/seg{seg:06d}"
 
 
-def _restore(store: Store, plan: Plan, chains: range, sampler: Sampler, committed: int):
+def _restore(
+    store: Store, plan: Plan, chains: range, sampler: Sampler, committed: int, dev: torch.device
+):
     saved = store.read_state(_state_path(plan, chains, committed * plan.segment))
     if saved is not None and saved[1].get("config_sha256") == plan.sha256:
-        return load_state(sampler.state_type, *saved)
+        return load_state(sampler.state_type, *saved, device=dev)
     if committed:
         raise StoreError(
             f"cannot resume population {plan.population!r}: its sampler state after "
@@ -524,14 +536,15 @@ def _save(store: Store, plan: Plan, chains: range, state, kept: int) -> None:
 
 
 def _burn_in(plan: Plan, chains: range, sampler: Sampler, post: LogPosterior, progress):
-    """Start the chains and run burn-in (MCMC) or the fit (approximations)."""
+    """Start the chains (on the posterior's device) and run burn-in (MCMC) or the fit
+    (approximations)."""
     gens = [plan.generator(k) for k in chains]
     if plan.starts is None:
         std = plan.config.prior_var**0.5
         starts = torch.stack([torch.randn(plan.arch.n_params, generator=g) * std for g in gens])
     else:
         starts = plan.starts[chains.start : chains.stop]
-    state = sampler.init(starts, gens)
+    state = sampler.init(starts.to(post.x.device), gens)
     steps = sampler.fit_steps if sampler.approximate else plan.config.burn_in
     for _ in range(steps or 0):
         state = sampler.update(state)
@@ -590,7 +603,7 @@ def _segment(
             r["prior_var"] = float(fitted[r["chain"] - c0])
     _save(store, plan, chains, state, k1)
     block = store.commit_block(
-        _array_path(plan, chains, seg), params.numpy(), "float32", plan.arch, rows
+        _array_path(plan, chains, seg), params.cpu().numpy(), "float32", plan.arch, rows
     )
     store.remove_state(_state_path(plan, chains, k0))
     return state, block

@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.device as devmod
 import bnnctl.scheduler as schedmod
 from bnnctl.arch import AnyArch, ArchSpec, ConvSpec
 from bnnctl.arch.modules import dropout_masks as bernoulli_masks
@@ -97,11 +98,13 @@ def train_models(
     pop: Population,
     seeds: list[int],
     on_epoch: Callable[[int], None] | None = None,
+    device: torch.device | str | None = "auto",
 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Train the models ``seeds`` together; return params ``[M, P]`` and the mean training
-    loss of each model's last epoch ``[M]`` (of its last trained epoch, if it stopped
-    early: :func:`train_models_epochs` also returns how many epochs each trained)."""
-    params, loss, _ = train_models_epochs(pop, seeds, on_epoch)
+    """Train the models ``seeds`` together on ``device``; return params ``[M, P]`` (on the
+    CPU) and the mean training loss of each model's last epoch ``[M]`` (of its last
+    trained epoch, if it stopped early: :func:`train_models_epochs` also returns how many
+    epochs each trained)."""
+    params, loss, _ = train_models_epochs(pop, seeds, on_epoch, device)
     return params, loss
 
 
@@ -109,23 +112,43 @@ def train_models_epochs(
     pop: Population,
     seeds: list[int],
     on_epoch: Callable[[int], None] | None = None,
+    device: torch.device | str | None = "auto",
 ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """:func:`train_models`, plus the epochs each model trained ``[M]`` (fewer than
     ``config.epochs`` for a model stopped by the early-stop rule)."""
+    dev = devmod.resolve(device)
     if isinstance(pop.arch, ConvSpec):
-        return train_conv_models(pop, pop.arch, seeds, on_epoch)
-    arch, cfg, ds = pop.arch, pop.config, pop.dataset
+        params, loss, stopper = train_conv_models(pop, pop.arch, seeds, on_epoch, dev)
+    else:
+        params, loss, stopper = train_mlp_models(pop, pop.arch, seeds, on_epoch, dev)
+    n = len(pop.dataset.x_train)
+    return params.cpu(), (loss.cpu().double() / n).numpy(), stopper.epochs
+
+
+def train_mlp_models(
+    pop: Population,
+    arch: ArchSpec,
+    seeds: list[int],
+    on_epoch: Callable[[int], None] | None,
+    dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, _Stopper]:
+    """MLPs for :func:`train_models_epochs`: model-major params ``[M, P]`` and the summed
+    training loss of each model's last trained epoch ``[M]``, both on ``dev``, and the
+    early-stop record. The stacked params live layer-major in one buffer; forward and
+    backward are :class:`ArchSpec`'s batched matmuls, with no autograd."""
+    cfg, ds = pop.config, pop.dataset
     gens = [pop.generator(s) for s in seeds]
     m = len(seeds)
-    buf = arch.to_layer_major(torch.stack([arch.init(g) for g in gens])).requires_grad_(True)
+    init = torch.stack([arch.init(g) for g in gens])  # drawn on the CPU, as every draw
+    buf = arch.to_layer_major(init).to(dev).requires_grad_(True)
     buf.grad = torch.zeros_like(buf)
     layers, grads = arch.layer_views(buf.detach(), m), arch.layer_views(buf.grad, m)
     opt = cfg.make_optimizer([buf])
     lik = for_task(ds.task)
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    x, y = torch.from_numpy(ds.x_train).to(dev), torch.from_numpy(ds.y_train).to(dev)
     n, bs = x.shape[0], cfg.batch_size
     masks = None
-    loss = torch.zeros(m)
+    loss = torch.zeros(m, device=dev)
     # a stopped model's rows of the layer-major buffer
     stopper = _Stopper(
         pop, m, lambda rows: arch.to_layer_major(rows[:, None].expand(m, arch.n_params))
@@ -133,14 +156,14 @@ def train_models_epochs(
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
-        order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
         loss.zero_()
         for start in range(0, n, bs):
             idx = order[:, start : start + bs]
             b = idx.shape[1]
             flat_idx = idx.reshape(-1)
             if arch.dropout > 0:
-                masks = dropout_masks(arch, gens, b)
+                masks = [t.to(dev) for t in dropout_masks(arch, gens, b)]
             with torch.no_grad():
                 keep: list[torch.Tensor] = []
                 xb = x.index_select(0, flat_idx).view(m, b, -1)
@@ -155,41 +178,40 @@ def train_models_epochs(
         stopper.end_epoch(epoch, loss, buf.detach(), lambda: arch.to_model_major(buf.detach(), m))
         if on_epoch is not None:
             on_epoch(m)
-    params = arch.to_model_major(buf.detach(), m)
-    return params, (stopper.loss.double() / n).numpy(), stopper.epochs
+    return arch.to_model_major(buf.detach(), m), stopper.loss, stopper
 
 
 def train_conv_models(
     pop: Population,
     arch: ConvSpec,
     seeds: list[int],
-    on_epoch: Callable[[int], None] | None = None,
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """:func:`train_models_epochs` for conv nets: the stacked params ``[M, P]`` are one leaf
-    tensor, each model sees its own minibatch (``ConvSpec.forward`` on ``[M, B, n_inputs]``,
-    the models as the groups of grouped convs), autograd computes the gradient of the sum
-    over models of each model's mean NLL (so each model's gradient is its own), and
-    ``cfg.make_optimizer`` steps all models at once. Init and data order are drawn from
-    each model's generator exactly as for MLPs.
+    on_epoch: Callable[[int], None] | None,
+    dev: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor, _Stopper]:
+    """Conv nets for :func:`train_models_epochs` (returns as :func:`train_mlp_models`): the
+    stacked params ``[M, P]`` are one leaf tensor, each model sees its own minibatch
+    (``ConvSpec.forward`` on ``[M, B, n_inputs]``, the models as the groups of grouped
+    convs), autograd computes the gradient of the sum over models of each model's mean NLL
+    (so each model's gradient is its own), and ``cfg.make_optimizer`` steps all models at
+    once. Init and data order are drawn from each model's generator exactly as for MLPs.
 
     A block of one model trains two copies of it (and returns one): oneDNN computes an
-    ungrouped conv's weight gradient in another summation order than a grouped one's, so
-    a lone model would differ from the same seed in a block in the last bits. With
-    ``groups = M*groups >= 2`` each model's arithmetic is the same whatever ``M`` and its
-    row (``ConvSpec.forward`` also avoids the two other row-dependent roundings found:
-    a global average pool over a channels-last map, and MKL's batched sgemm of tiny
-    linear layers)."""
+    ungrouped conv's weight gradient in another summation order than a grouped one's, so a
+    lone model would differ from the same seed in a block in the last bits. With
+    ``groups = M*groups >= 2`` each model's arithmetic is the same whatever ``M`` and its row
+    (``ConvSpec.forward`` also avoids the two other row-dependent roundings found: a global
+    average pool over a channels-last map, and MKL's batched sgemm of tiny linear layers)."""
     cfg, ds = pop.config, pop.dataset
     gens = [pop.generator(s) for s in seeds]
     lone = len(seeds) == 1
     m = 2 if lone else len(seeds)
-    init = torch.stack([arch.init(g) for g in gens])
-    params = (init.repeat(2, 1) if lone else init).requires_grad_(True)
+    init = torch.stack([arch.init(g) for g in gens])  # drawn on the CPU, as every draw
+    params = (init.repeat(2, 1) if lone else init).to(dev).requires_grad_(True)
     opt = cfg.make_optimizer([params])
     lik = for_task(ds.task)
-    x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+    x, y = torch.from_numpy(ds.x_train).to(dev), torch.from_numpy(ds.y_train).to(dev)
     n, bs = x.shape[0], cfg.batch_size
-    loss = torch.zeros(m)
+    loss = torch.zeros(m, device=dev)
     # a lone model trains as two copies: its rows in both
     stopper = _Stopper(pop, len(seeds), lambda rows: rows.repeat(2) if lone else rows)
     masks: list[torch.Tensor | None] | None = None
@@ -200,7 +222,7 @@ def train_conv_models(
     for epoch in range(cfg.epochs):
         for group in opt.param_groups:
             group["lr"] = cfg.lr_at(epoch)
-        order = torch.stack([torch.randperm(n, generator=g) for g in gens])
+        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
         order = order.repeat(2, 1) if lone else order
         loss.zero_()
         for start in range(0, n, bs):
@@ -208,7 +230,9 @@ def train_conv_models(
             b = idx.shape[1]
             flat_idx = idx.reshape(-1)
             if arch.dropout > 0:
-                masks = conv_dropout_masks(arch, gens, b)
+                masks = [
+                    None if t is None else t.to(dev) for t in conv_dropout_masks(arch, gens, b)
+                ]
                 if lone:
                     masks = [
                         None if t is None else t.repeat(2, *[1] * (t.dim() - 1)) for t in masks
@@ -227,8 +251,7 @@ def train_conv_models(
         stopper.end_epoch(epoch, loss[:k], params.detach(), current)
         if on_epoch is not None:
             on_epoch(len(seeds))
-    k = len(seeds)
-    return params.detach()[:k].contiguous(), (stopper.loss.double() / n).numpy(), stopper.epochs
+    return current(), stopper.loss, stopper
 
 
 class _Stopper:
@@ -260,8 +283,8 @@ class _Stopper:
         mark the models under the threshold and keep their values in ``buf`` (the
         trainer's buffer) for :meth:`restore` (``params()``: the block's model-major
         ``[m, P]`` params)."""
-        live = torch.from_numpy(~self.frozen)
-        self.loss = torch.where(live, loss, self.loss)
+        live = torch.from_numpy(~self.frozen).to(loss.device)
+        self.loss = torch.where(live, loss, self.loss.to(loss.device))
         cfg = self.pop.config
         if cfg.stop_after_epoch is None or epoch + 1 != cfg.stop_after_epoch:
             return
@@ -270,7 +293,7 @@ class _Stopper:
         self.frozen = acc < cfg.stop_below_acc
         self.epochs[self.frozen] = epoch + 1
         if self.frozen.any():
-            self.where = self.to_buffer(torch.from_numpy(self.frozen))
+            self.where = self.to_buffer(torch.from_numpy(self.frozen).to(buf.device))
             self.values = buf[self.where].clone()
 
     def restore(self, buf: torch.Tensor) -> None:
@@ -286,13 +309,13 @@ def accuracy_alone(arch: AnyArch, params: torch.Tensor, ds: Dataset) -> np.ndarr
     from bnnctl.evaluate.metrics import evaluate
 
     lik = for_task(ds.task)
-    x, y = torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test)
+    x, y = (torch.from_numpy(a).to(params.device) for a in (ds.x_test, ds.y_test))
     with torch.no_grad():
         acc = [
             evaluate(lik, outputs(arch, params[k : k + 1], x), y)["acc"]
             for k in range(params.shape[0])
         ]
-    return torch.cat(acc).double().numpy()
+    return torch.cat(acc).cpu().double().numpy()
 
 
 def conv_dropout_masks(
@@ -329,13 +352,16 @@ def train_block(
     data_path: str | None,
     on_epoch: Callable[[int], None] | None = None,
     allow_nonfinite: bool = False,
+    device: torch.device | str | None = "auto",
 ) -> pd.DataFrame:
-    """Train one block of seeds and commit it to the store: ``block -> manifest rows``.
-    A block with a non-finite model is refused whole unless ``allow_nonfinite``."""
+    """Train one block of seeds on ``device`` and commit it to the store: ``block ->
+    manifest rows``. A block with a non-finite model is refused whole unless
+    ``allow_nonfinite``."""
     t0 = time.perf_counter()
-    params, train_loss, trained = train_models_epochs(pop, seeds, on_epoch)
+    dev = devmod.resolve(device)
+    params, train_loss, trained = train_models_epochs(pop, seeds, on_epoch, dev)
     stored = params.to(getattr(torch, pop.dtype)).float()  # metrics of the weights as stored
-    metrics = metrics_of(pop.arch, for_task(pop.dataset.task), stored, pop.dataset)
+    metrics = metrics_of(pop.arch, for_task(pop.dataset.task), stored, pop.dataset, dev)
     block = f"s{seeds[0]:06d}-{seeds[-1]:06d}"
     if not allow_nonfinite:
         popmod.check_finite(
@@ -449,6 +475,7 @@ def train(
     progress: Callable[[int], None] | None = None,
     allow_nonfinite: bool = False,
     scheduler: str | None = None,
+    device: str = "auto",
 ) -> TrainResult:
     """Train ``seeds`` of a population into ``store``, skipping those already committed.
     Every argument is checked before anything is written, and the store's room and the
@@ -456,9 +483,11 @@ def train(
     opened (created) only after the checks. ``progress(n)`` is called as model-epochs
     complete (n at a time; a block's at once when it runs in a worker). ``jobs`` > 1
     runs blocks in that many spawned processes; ``scheduler`` (``local:N`` or
-    ``tcp://HOST:PORT``) on Dask workers instead: the same rows, bit for bit."""
+    ``tcp://HOST:PORT``) on Dask workers instead: the same rows, bit for bit. ``device``
+    (:mod:`bnnctl.device`) is where blocks train; Dask workers resolve it themselves."""
     pop = make_population(dataset, config, arch, population, dtype)
     sched = schedmod.require(scheduler)
+    dev = devmod.parse(device) if sched is not None else devmod.resolve(device)
     if not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise UsageError(
             f"`block_size` must be in 1..{MAX_BLOCK_SIZE}, got {block_size}", "block_size"
@@ -481,6 +510,7 @@ def train(
         at_once * block_memory(pop, m),
         f"training {at_once} block(s) of {m} x {pop.arch.name}",
         "lower `block_size` or the arch's widths",
+        dev if isinstance(dev, torch.device) else None,
     )
     if not isinstance(store, Store):
         store = Store.open(store, create=True)
@@ -493,16 +523,20 @@ def train(
     )
     data_path = store.put_dataset(dataset)
     if sched is not None:
-        _run_scheduled(store, pop, blocks, data_path, sched, progress, allow_nonfinite)
+        _run_scheduled(store, pop, blocks, data_path, sched, progress, allow_nonfinite, str(dev))
         # A block re-run after its worker died may find its rows committed by the killed
         # attempt: report the rows committed for the seeds to do, whoever committed them.
         store = Store.open(store.url)
         mine = store.population(pop.name)
         done = [mine[mine["seed"].isin(todo)].sort_values("seed")]
     elif jobs == 1:
-        done = [train_block(store, pop, b, data_path, progress, allow_nonfinite) for b in blocks]
+        done = [
+            train_block(store, pop, b, data_path, progress, allow_nonfinite, dev) for b in blocks
+        ]
     else:
-        done = _run_parallel(store.url, pop, blocks, data_path, jobs, progress, allow_nonfinite)
+        done = _run_parallel(
+            store.url, pop, blocks, data_path, jobs, progress, allow_nonfinite, str(dev)
+        )
     store.maybe_compact()
     return TrainResult(len(seeds), len(seeds) - len(todo), pd.concat(done, ignore_index=True))
 
@@ -563,13 +597,19 @@ _progress_queue: Any = None  # a worker's queue to the parent's progress bar
 
 
 def _worker_block(
-    url: str, pop: Population, seeds: list[int], data_path: str | None, allow_nonfinite: bool
+    url: str,
+    pop: Population,
+    seeds: list[int],
+    data_path: str | None,
+    allow_nonfinite: bool,
+    device: str,
 ) -> pd.DataFrame:
-    return train_block(Store.open(url), pop, seeds, data_path, _progress_queue.put, allow_nonfinite)
+    store = Store.open(url)
+    return train_block(store, pop, seeds, data_path, _progress_queue.put, allow_nonfinite, device)
 
 
 def _run_parallel(
-    url, pop, blocks, data_path, jobs, progress, allow_nonfinite
+    url, pop, blocks, data_path, jobs, progress, allow_nonfinite, device
 ) -> list[pd.DataFrame]:
     """Blocks in ``jobs`` spawned worker processes, each owning whole blocks."""
     import multiprocessing as mp
@@ -583,7 +623,8 @@ def _run_parallel(
         jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, q)
     ) as ex:
         futures = [
-            ex.submit(_worker_block, url, pop, b, data_path, allow_nonfinite) for b in blocks
+            ex.submit(_worker_block, url, pop, b, data_path, allow_nonfinite, device)
+            for b in blocks
         ]
         pending = set(futures)
         while pending:
@@ -599,10 +640,16 @@ def _run_parallel(
 
 
 def _scheduled_block(
-    seeds: list[int], url: str, pop: Population, data_path: str | None, allow_nonfinite: bool
+    seeds: list[int],
+    url: str,
+    pop: Population,
+    data_path: str | None,
+    allow_nonfinite: bool,
+    device: str,
 ) -> pd.DataFrame:
-    """One block on a Dask worker: open the store, train, commit (as in-process)."""
-    return train_block(Store.open(url), pop, seeds, data_path, None, allow_nonfinite)
+    """One block on a Dask worker: open the store, train on the worker's ``device``
+    (``auto``: its GPU if it has one), commit (as in-process)."""
+    return train_block(Store.open(url), pop, seeds, data_path, None, allow_nonfinite, device)
 
 
 def _run_scheduled(
@@ -613,6 +660,7 @@ def _run_scheduled(
     sched: schedmod.Scheduler,
     progress: Callable[[int], None] | None,
     allow_nonfinite: bool,
+    device: str,
 ) -> None:
     """Blocks on Dask workers (:mod:`bnnctl.scheduler`), one task each; the worker
     commits its block (the caller reads the committed rows from the store). ``progress``
@@ -626,7 +674,7 @@ def _run_scheduled(
         cluster.map(
             _scheduled_block,
             [(b,) for b in blocks],
-            (schedmod.location(store), pop, data_path, allow_nonfinite),
+            (schedmod.location(store), pop, data_path, allow_nonfinite, device),
             done,
             lambda i: f"block {pop.name}/s{blocks[i][0]:06d}-{blocks[i][-1]:06d}",
         )

@@ -46,22 +46,37 @@ def outputs(arch: AnyArch, flat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def predict(
-    arch: AnyArch, params: np.ndarray, x: np.ndarray, batch: int = MODEL_BATCH
+    arch: AnyArch,
+    params: np.ndarray,
+    x: np.ndarray,
+    batch: int = MODEL_BATCH,
+    device: torch.device | None = None,
 ) -> torch.Tensor:
-    """Outputs ``[M, N, out]`` of stacked models given as numpy, ``batch`` models at a time."""
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    """Outputs ``[M, N, out]`` (on the CPU) of stacked models given as numpy, ``batch``
+    models at a time, computed on ``device`` (default the CPU)."""
+    dev = device or torch.device("cpu")
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
     starts = range(0, len(params), batch)
-    return torch.cat([outputs(arch, torch.from_numpy(params[s : s + batch]), xt) for s in starts])
+    return torch.cat(
+        [outputs(arch, torch.from_numpy(params[s : s + batch]).to(dev), xt).cpu() for s in starts]
+    )
 
 
 def metrics_of(
-    arch: AnyArch, lik: Categorical | Gaussian, flat: torch.Tensor, ds: Dataset
+    arch: AnyArch,
+    lik: Categorical | Gaussian,
+    flat: torch.Tensor,
+    ds: Dataset,
+    device: torch.device | None = None,
 ) -> dict[str, np.ndarray]:
-    """Train and test metrics ``{train_acc: [M], ...}`` of stacked models."""
+    """Train and test metrics ``{train_acc: [M], ...}`` of stacked models, computed on
+    ``device`` (default: where ``flat`` is)."""
+    dev = device or flat.device
+    flat = flat.to(dev)
     out = {}
     for split in ("train", "test"):
-        x = torch.from_numpy(getattr(ds, f"x_{split}"))
-        y = torch.from_numpy(getattr(ds, f"y_{split}"))
+        x = torch.from_numpy(getattr(ds, f"x_{split}")).to(dev)
+        y = torch.from_numpy(getattr(ds, f"y_{split}")).to(dev)
         for k, v in evaluate(lik, outputs(arch, flat, x), y).items():
-            out[f"{split}_{k}"] = v.double().numpy()
+            out[f"{split}_{k}"] = v.cpu().double().numpy()
     return out

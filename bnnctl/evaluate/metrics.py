@@ -38,7 +38,8 @@ def ece(conf: torch.Tensor, correct: torch.Tensor, bins: int = ECE_BINS) -> torc
     n = conf.shape[-1]
     idx = (conf * bins).ceil().long().clamp(1, bins) - 1
     shape = conf.shape[:-1] + (bins,)
-    gap = torch.zeros(shape, dtype=conf.dtype).scatter_add_(-1, idx, conf - correct)
+    gap = torch.zeros(shape, dtype=conf.dtype, device=conf.device)
+    gap.scatter_add_(-1, idx, conf - correct)
     return gap.abs().sum(-1) / n
 
 

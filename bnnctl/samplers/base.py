@@ -41,7 +41,9 @@ class ChainState:
     def __post_init__(self) -> None:
         if self.diverged.numel() != self.params.shape[0]:
             object.__setattr__(
-                self, "diverged", torch.zeros(self.params.shape[0], dtype=torch.bool)
+                self,
+                "diverged",
+                torch.zeros(self.params.shape[0], dtype=torch.bool, device=self.params.device),
             )
 
 
@@ -76,7 +78,9 @@ def batch_for(
     cfg: SamplerConfig, post: LogPosterior, gens: list[torch.Generator]
 ) -> torch.Tensor | None:
     """Per-chain minibatch indices, or None (full batch) when the batch covers the data."""
-    return None if cfg.batch_size >= post.n else minibatch(gens, post.n, cfg.batch_size)
+    if cfg.batch_size >= post.n:
+        return None
+    return minibatch(gens, post.n, cfg.batch_size, post.x.device)
 
 
 def step_size_at(cfg: SamplerConfig, step: int) -> float:
@@ -107,11 +111,14 @@ def save_state(state: ChainState) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, attrs
 
 
-def load_state(cls: type, arrays: dict[str, np.ndarray], attrs: dict) -> ChainState:
-    """Inverse of :func:`save_state`."""
+def load_state(
+    cls: type, arrays: dict[str, np.ndarray], attrs: dict, device: torch.device | None = None
+) -> ChainState:
+    """Inverse of :func:`save_state`, its tensors on ``device`` (default the CPU)."""
     kw: dict[str, Any] = dict(attrs["scalars"])
     for name, dtype in attrs["tensors"].items():
-        kw[name] = torch.from_numpy(np.array(arrays[name])).to(getattr(torch, dtype))
+        t = torch.from_numpy(np.array(arrays[name]))
+        kw[name] = t.to(device=device, dtype=getattr(torch, dtype))
     gens = []
     for row in arrays["gens"]:
         g = torch.Generator()

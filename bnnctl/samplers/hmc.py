@@ -34,8 +34,8 @@ MAX_ENERGY_ERROR = 1000.0
 GAMMA, T0, KAPPA = 0.05, 10.0, 0.75
 
 
-def _f64(n: int, value: float = 0.0) -> torch.Tensor:
-    return torch.full((n,), value, dtype=torch.float64)
+def _f64(n: int, value: float = 0.0, device: torch.device | None = None) -> torch.Tensor:
+    return torch.full((n,), value, dtype=torch.float64, device=device)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,7 +63,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     assert step_size0 is not None and burn_in is not None  # set by SamplerConfig.__post_init__
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> HMCState:
-        m = params.shape[0]
+        m, dev = params.shape[0], params.device
         energy, grad = post.energy_and_grad(params)
         diverged = ~torch.isfinite(energy)
         return HMCState(
@@ -72,23 +72,24 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
             diverged=diverged,
             energy=energy,
             grad=grad,
-            step_size=_f64(m, step_size0),
-            log_step_bar=_f64(m, math.log(step_size0)),
-            h_bar=_f64(m),
-            accepted=_f64(m),
-            divergences=torch.zeros(m, dtype=torch.int64),
+            step_size=_f64(m, step_size0, dev),
+            log_step_bar=_f64(m, math.log(step_size0), dev),
+            h_bar=_f64(m, 0.0, dev),
+            accepted=_f64(m, 0.0, dev),
+            divergences=torch.zeros(m, dtype=torch.int64, device=dev),
         )
 
     def update(state: HMCState, batch: torch.Tensor | None = None) -> HMCState:
         if batch is not None:
             raise ValueError("HMC is full-batch: it takes no minibatch")
-        jitter = 1 + JITTER * (2 * rand(state.gens) - 1)
+        dev = state.params.device
+        jitter = 1 + JITTER * (2 * rand(state.gens, device=dev) - 1)
         q, p, p0, energy, grad = leapfrog(post, state, state.step_size * jitter, config.leapfrog)
         h0 = state.energy + 0.5 * p0.double().square().sum(-1)
         h1 = energy + 0.5 * p.double().square().sum(-1)
         log_accept = torch.nan_to_num(h0 - h1, nan=-math.inf)
         divergent = ~torch.isfinite(h1) | (h1 - h0 > MAX_ENERGY_ERROR)
-        u = rand(state.gens)
+        u = rand(state.gens, device=dev)
         ok = (u.log() < log_accept) if config.metropolis else torch.isfinite(h1)
         ok &= ~divergent
         new = dataclasses.replace(
@@ -115,7 +116,7 @@ def leapfrog(post: LogPosterior, state: HMCState, eps: torch.Tensor, steps: int)
     """Leapfrog from ``state`` with per-chain step sizes ``eps [M]``: returns the end
     position, momentum, start momentum, end energy and gradient."""
     e = eps.to(state.params.dtype)[:, None]
-    p0 = randn(state.gens, state.params.shape[1], state.params.dtype)
+    p0 = randn(state.gens, state.params.shape[1], state.params.dtype, state.params.device)
     p = p0.addcmul(e, state.grad, value=-0.5)
     q = state.params.clone()
     for i in range(steps):

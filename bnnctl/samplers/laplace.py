@@ -57,9 +57,8 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         return dataclasses.replace(state, step=state.step + 1)
 
     def draw(state: LaplaceState) -> torch.Tensor:
-        return state.params + state.std * randn(
-            state.gens, state.params.shape[1], state.params.dtype
-        )
+        theta = state.params
+        return theta + state.std * randn(state.gens, theta.shape[1], theta.dtype, theta.device)
 
     def summary(state: LaplaceState) -> dict[str, torch.Tensor]:
         return {"std": state.std}

@@ -129,7 +129,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         return dataclasses.replace(state, step=state.step + 1)
 
     def draw(state: LastLayerState) -> torch.Tensor:
-        z = randn(state.gens, c * h + c, state.params.dtype)
+        z = randn(state.gens, c * h + c, state.params.dtype, state.params.device)
         dw = state.g_vecs @ (state.w_std * z[:, : c * h].view(-1, c, h)) @ state.a_vecs.mT
         db = (state.g_vecs @ (state.b_std * z[:, c * h :]).unsqueeze(-1)).squeeze(-1)
         out = state.params.clone()
@@ -155,8 +155,8 @@ def kron_factors(
     ``[M, C, C]`` (``ggn``; Σ_n g_n g_nᵀ for ``ef``) and A = Σ_n φ_n φ_nᵀ / N ``[M, H, H]``."""
     arch = post.arch
     (c, h), m = last_layer(arch), params.shape[0]
-    g = torch.zeros(m, c, c, dtype=_F64)
-    a = torch.zeros(m, h, h, dtype=_F64)
+    g = torch.zeros(m, c, c, dtype=_F64, device=params.device)
+    a = torch.zeros(m, h, h, dtype=_F64, device=params.device)
     group = max(1, CHAIN_POINTS * 16 // max(post.n, 1))  # chains per pass: bounds memory
     with torch.no_grad():
         for i in range(0, m, group):

@@ -55,12 +55,15 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
 
         def draw(state: ChainState) -> torch.Tensor:
             m = conv_masks(arch, state.gens, state.params.dtype, targets)
+            m = [t.to(state.params.device) for t in m]  # drawn on the CPU
             return apply_conv_masks(arch, state.params, m, targets)
 
     else:
 
         def draw(state: ChainState) -> torch.Tensor:
-            return apply_masks(arch, state.params, masks(arch, state.gens, state.params.dtype))
+            m = masks(arch, state.gens, state.params.dtype)
+            m = [t.to(state.params.device) for t in m]  # drawn on the CPU
+            return apply_masks(arch, state.params, m)
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> ChainState:
         return ChainState(

@@ -71,13 +71,15 @@ class LogPosterior:
         temperature: float = 1.0,
         noise_std: float = 1.0,
         dtype: torch.dtype = torch.float32,
+        device: torch.device | None = None,
     ) -> LogPosterior:
-        """The posterior of ``arch`` on the training split of ``ds``."""
+        """The posterior of ``arch`` on the training split of ``ds``, its data on
+        ``device`` (default the CPU)."""
         # Copies into torch's 64-byte-aligned memory: MKL's rounding can depend on the
         # inputs' alignment, which a numpy array (e.g. one unpickled on a Dask worker)
         # does not fix, and chains must not depend on where they run.
-        x = torch.tensor(ds.x_train, dtype=dtype)
-        y = torch.tensor(ds.y_train)
+        x = torch.tensor(ds.x_train, dtype=dtype, device=device)
+        y = torch.tensor(ds.y_train, device=device)
         y = y.to(dtype) if y.is_floating_point() else y
         return cls(arch, for_task(ds.task, noise_std), x, y, prior_var, temperature)
 
@@ -132,7 +134,7 @@ class LogPosterior:
         2 cores: 16 chains x 128 points beats 64 x 128; a few chains x 1437 points beats
         64 x 1437 by ~1.7x)."""
         m = params.shape[0]
-        energy = torch.zeros(m, dtype=torch.float64)
+        energy = torch.zeros(m, dtype=torch.float64, device=params.device)
         grad = torch.empty_like(params) if out is None else out
         points = self.n if idx is None else idx.shape[1]
         group = max(1, min(m, CHAIN_POINTS // max(points, 1)))
@@ -154,7 +156,7 @@ class LogPosterior:
     def _nll_and_grad(self, params, idx, masks, grad) -> torch.Tensor:
         """Summed (or minibatch-estimated) NLL ``[m]`` of a group of chains; its gradient
         is written into ``grad``."""
-        energy = torch.zeros(params.shape[0], dtype=torch.float64)
+        energy = torch.zeros(params.shape[0], dtype=torch.float64, device=params.device)
         if not isinstance(self.arch, ArchSpec):
             check_no_masks(self.arch, masks)
             return self._conv_nll_and_grad(self.arch, params, idx, grad)
@@ -175,7 +177,7 @@ class LogPosterior:
     def _conv_nll_and_grad(self, arch: ConvSpec, params, idx, grad) -> torch.Tensor:
         """:meth:`_nll_and_grad` of a conv net: the likelihood's d NLL / d outputs
         back-propagated through ``arch.forward`` by autograd."""
-        energy = torch.zeros(params.shape[0], dtype=torch.float64)
+        energy = torch.zeros(params.shape[0], dtype=torch.float64, device=params.device)
         leaf = params.detach().requires_grad_(True)
         first = True
         with torch.enable_grad():
@@ -241,21 +243,33 @@ def check_no_masks(arch: AnyArch, masks) -> None:
         raise UsageError(f"dropout masks are not supported for conv nets ({arch.name})")
 
 
-def minibatch(gens: list[torch.Generator], n: int, size: int) -> torch.Tensor:
+# Each chain's generator is a CPU generator whatever the device (bnnctl.device): a draw is
+# made on the CPU and moved, so a chain draws the same numbers on any device.
+
+
+def minibatch(
+    gens: list[torch.Generator], n: int, size: int, device: torch.device | None = None
+) -> torch.Tensor:
     """Per-chain minibatch indices ``[M, size]``, drawn uniformly with replacement from
     each chain's own generator (so no epoch order needs to be checkpointed)."""
     size = min(size, n)
-    return torch.stack([torch.randint(n, (size,), generator=g) for g in gens])
+    return torch.stack([torch.randint(n, (size,), generator=g) for g in gens]).to(device)
 
 
-def randn(gens: list[torch.Generator], p: int, dtype: torch.dtype) -> torch.Tensor:
+def randn(
+    gens: list[torch.Generator], p: int, dtype: torch.dtype, device: torch.device | None = None
+) -> torch.Tensor:
     """Standard normal noise ``[M, p]``, row m from chain m's generator."""
     out = torch.empty((len(gens), p), dtype=dtype)
     for row, g in zip(out, gens, strict=True):
         row.normal_(generator=g)
-    return out
+    return out.to(device)
 
 
-def rand(gens: list[torch.Generator], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def rand(
+    gens: list[torch.Generator],
+    dtype: torch.dtype = torch.float64,
+    device: torch.device | None = None,
+) -> torch.Tensor:
     """One uniform(0, 1) number per chain ``[M]``."""
-    return torch.stack([torch.rand((), generator=g, dtype=dtype) for g in gens])
+    return torch.stack([torch.rand((), generator=g, dtype=dtype) for g in gens]).to(device)

@@ -78,7 +78,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         if not sghmc:
             return SGState(params=p, gens=gens)
         # stationary velocity: v = ε r with r ~ N(0, I) and η = ε²
-        _, v = draw(gens, p.shape[1], p.dtype, math.sqrt(step_size))
+        _, v = draw(gens, p.shape[1], p.dtype, math.sqrt(step_size), device=p.device)
         return SGState(params=p, gens=gens, momenta=v)
 
     def update(state: SGState, batch: torch.Tensor | None = None) -> SGState:
@@ -90,11 +90,14 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         m, p = theta.shape
         n = None if batch is not None or config.batch_size >= post.n else post.n
         scale = math.sqrt(2 * alpha * lr) if sghmc else math.sqrt(2 * lr)
+        dev = theta.device
+        # drawn on the CPU (each chain's generator is), used on the device
         idx = None if n is None else torch.empty((m, config.batch_size), dtype=torch.int64)
-        noise = torch.empty((m, p), dtype=theta.dtype)  # becomes v' (SGHMC) or θ' (SGLD)
+        noise = torch.empty((m, p), dtype=theta.dtype, device=dev)  # v' (SGHMC) or θ' (SGLD)
+        drawn = noise if dev.type == "cpu" else torch.empty((m, p), dtype=theta.dtype)
         grad = torch.empty_like(theta)  # becomes θ' (SGHMC)
-        energy = torch.empty(m, dtype=torch.float64)
-        diverged = torch.empty(m, dtype=torch.bool)
+        energy = torch.empty(m, dtype=torch.float64, device=dev)
+        diverged = torch.empty(m, dtype=torch.bool, device=dev)
         # The step, with the prior's gradient folded in, as a few in-place passes over a
         # group's rows (per-row passes measured slower: one Python call per row and op):
         #   SGHMC  v' = sqrt(2αη) ξ + (1-α) v − (η/(Tσ²)) θ − (η/T) ∇U_nll;  θ' = θ + v'
@@ -106,10 +109,12 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
             sl = slice(lo, hi)
             th, g, step = theta[sl], grad[sl], noise[sl]
             _draw_rows(gens, lo, hi, None, 0.0, idx, n or 0)
-            chosen = (None if batch is None else batch[sl]) if idx is None else idx[sl]
+            chosen = (None if batch is None else batch[sl]) if idx is None else idx[sl].to(dev)
             nll, _ = post.energy_and_grad(th, chosen, prior=False, out=g)
             energy[sl] = (nll + 0.5 * prec * _sqnorm(th)).mul_(inv_t)
-            _draw_rows(gens, lo, hi, noise, scale, None, 0)
+            _draw_rows(gens, lo, hi, drawn, scale, None, 0)
+            if drawn is not noise:
+                step.copy_(drawn[sl])
             if sghmc:
                 step.add_(mom[sl], alpha=1 - alpha).add_(th, alpha=decay)
                 step.add_(g, alpha=-lr * inv_t)
@@ -122,7 +127,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
             for i in range(lo, hi, GROUP):
                 group(i, min(i + GROUP, hi))
 
-        in_blocks(m, block)
+        in_blocks(m, block, dev)
         params, mom = (grad, noise) if sghmc else (noise, mom)
         return dataclasses.replace(
             state, params=params, momenta=mom, energy=energy, step=t + 1, diverged=diverged
@@ -155,17 +160,18 @@ def draw(
     scale: float = 1.0,
     n: int | None = None,
     size: int = 0,
+    device: torch.device | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Each chain's minibatch indices ``[M, size]`` uniform on 0..n-1 (None when ``n`` is
     None), then its ``scale`` · N(0, I) noise ``[M, p]``, both from the chain's own
     generator in that order (the draws :func:`.posterior.minibatch` and
     :func:`.posterior.randn` make). Row k depends on ``gens[k]`` only; the chains are
-    split over threads (:func:`in_blocks`)."""
+    split over threads (:func:`in_blocks`). Drawn on the CPU, returned on ``device``."""
     m = len(gens)
     noise = torch.empty((m, p), dtype=dtype)
     idx = None if n is None else torch.empty((m, min(size, n)), dtype=torch.int64)
     in_blocks(m, lambda lo, hi: _draw_rows(gens, lo, hi, noise, scale, idx, n or 0))
-    return idx, noise
+    return (None if idx is None else idx.to(device)), noise.to(device)
 
 
 def _draw_rows(
@@ -186,7 +192,7 @@ def _draw_rows(
             noise[k].normal_(0.0, scale, generator=gens[k])
 
 
-def in_blocks(m: int, work: Callable[[int, int], None]) -> None:
+def in_blocks(m: int, work: Callable[[int, int], None], device: torch.device | None = None) -> None:
     """``work(lo, hi)`` over contiguous blocks of the chains 0..m-1 that together cover
     them, each block in a thread of its own whose torch ops run on that one thread:
     ``torch.get_num_threads()`` blocks (at most one per :data:`CHAINS_PER_THREAD`
@@ -194,9 +200,11 @@ def in_blocks(m: int, work: Callable[[int, int], None]) -> None:
     GIL in its ops. As every op of a chain runs on one thread, whatever the thread count
     and however many chains share it, a chain's rounding does not depend on either (a
     matrix product split over threads can round differently: on two threads, the default
-    MLP's chain alone differed from the same chain among 64 in the last bit)."""
+    MLP's chain alone differed from the same chain among 64 in the last bit). On a GPU
+    (``device``) the work is one block: the device does the parallel part."""
     threads = torch.get_num_threads()
-    if threads == 1:  # already one thread (e.g. a Dask worker, or a block's thread)
+    # already one thread (e.g. a Dask worker, or a block's thread), or a GPU's work
+    if threads == 1 or (device is not None and device.type != "cpu"):
         work(0, m)
         return
     blocks = max(1, min(threads, m // CHAINS_PER_THREAD))

@@ -66,7 +66,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
             velocity=z,
             mean=z.clone(),
             sq_mean=z.clone(),
-            dev=torch.zeros((m, k, p), dtype=params.dtype),
+            dev=params.new_zeros((m, k, p)),
         )
 
     def update(state: SWAGState, batch: torch.Tensor | None = None) -> SWAGState:
@@ -90,10 +90,10 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
     def draw(state: SWAGState) -> torch.Tensor:
         m, p = state.params.shape
         n = min(state.collected, k)
-        z1 = randn(state.gens, p, state.params.dtype)
+        z1 = randn(state.gens, p, state.params.dtype, state.params.device)
         spread = math.sqrt(0.5) * state.diag_var.sqrt() * z1
         if n >= 2:
-            z2 = randn(state.gens, n, state.params.dtype)
+            z2 = randn(state.gens, n, state.params.dtype, state.params.device)
             spread += torch.bmm(z2[:, None, :], state.dev[:, :n]).squeeze(1) / math.sqrt(
                 2 * (n - 1)
             )

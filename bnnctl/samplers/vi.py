@@ -65,7 +65,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
 
     def init(params: torch.Tensor, gens: list[torch.Generator]) -> VIState:
         rho = torch.full_like(params, inverse_softplus(config.init_std))
-        zeros = torch.zeros((2, *params.shape), dtype=params.dtype)
+        zeros = params.new_zeros((2, *params.shape))
         return VIState(
             params=params.clone(), gens=gens, rho=rho, adam_m=zeros, adam_v=zeros.clone()
         )
@@ -74,7 +74,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
         idx = batch if batch is not None else batch_for(config, post, state.gens)
         mu, rho = state.params, state.rho
         sigma = F.softplus(rho)
-        eps = randn(state.gens, mu.shape[1], mu.dtype)
+        eps = randn(state.gens, mu.shape[1], mu.dtype, mu.device)
         nll, g = post.energy_and_grad(mu + sigma * eps, idx, prior=False)
         p = mu.shape[1]
         cross = ((sigma**2 + mu**2).double().sum(-1) / s2 + p * math.log(2 * math.pi * s2)) / 2
@@ -101,7 +101,7 @@ def build(config: SamplerConfig, post: LogPosterior) -> Sampler:
 
     def draw(state: VIState) -> torch.Tensor:
         mu = state.params
-        return mu + state.std * randn(state.gens, mu.shape[1], mu.dtype)
+        return mu + state.std * randn(state.gens, mu.shape[1], mu.dtype, mu.device)
 
     def summary(state: VIState) -> dict[str, torch.Tensor]:
         return {"mean": state.params, "std": state.std}

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+import bnnctl.device as devmod
 import bnnctl.scheduler as schedmod
 from bnnctl.arch import AnyArch, arch_from_json
 from bnnctl.data import Dataset
@@ -40,6 +41,7 @@ class Members:
     params: np.ndarray
     out: torch.Tensor  # test outputs [M, N, out]
     seconds: float
+    device: torch.device = torch.device("cpu")  # where forward passes run
 
     @property
     def classification(self) -> bool:
@@ -50,7 +52,7 @@ class Members:
         return Categorical().probs(self.out)
 
     def outputs_on(self, x: np.ndarray) -> torch.Tensor:
-        return predict(self.arch, self.params, x)
+        return predict(self.arch, self.params, x, device=self.device)
 
 
 def one_group(rows: pd.DataFrame, what: str) -> None:
@@ -75,13 +77,18 @@ def evaluate_members(
     what: str = "evaluation",
     pool: Members | None = None,
     scheduler: str | None = None,
+    device: str = "auto",
 ) -> Members:
     """Read and run the selected models on their population's stored test data (taken
     from ``pool`` when it already evaluated all of them). ``scheduler`` (``local:N`` or
     ``tcp://HOST:PORT``) runs the forward passes on Dask workers, a block of
     :data:`~bnnctl.evaluate.MODEL_BATCH` models per task, each worker reading its block
-    from the store: the same outputs as in this process on one thread, bit for bit."""
+    from the store: the same outputs as in this process on one thread, bit for bit.
+    ``device``: where the forward passes run (:mod:`bnnctl.device`; a Dask worker
+    resolves it itself); the outputs come back to the CPU."""
     sched = schedmod.require(scheduler)
+    dev = devmod.resolve("cpu" if sched is not None else device)
+    where = devmod.parse(device)
     one_group(rows, what)
     if (
         pool is not None
@@ -91,25 +98,26 @@ def evaluate_members(
         pos = pd.Series(np.arange(len(pool.rows)), index=pool.rows["model_id"].to_numpy())
         if rows["model_id"].isin(pos.index).all():
             idx = pos.loc[rows["model_id"]].to_numpy().copy()
-            return Members(
-                rows, pool.arch, pool.data, pool.params[idx], pool.out[torch.from_numpy(idx)], 0.0
-            )
+            out = pool.out[torch.from_numpy(idx)]
+            return Members(rows, pool.arch, pool.data, pool.params[idx], out, 0.0, pool.device)
     t0 = time.perf_counter()
     arch = arch_from_json(rows["arch"].iloc[0])
     data = store.load_data(rows["data"].iloc[0])
     params = store.read_params(rows)
     if sched is None:
-        out = predict(arch, params, data.x_test)
+        out = predict(arch, params, data.x_test, device=dev)
     else:
-        out = _predict_scheduled(store, rows, sched)
-    return Members(rows, arch, data, params, out, time.perf_counter() - t0)
+        out = _predict_scheduled(store, rows, sched, where)
+    return Members(rows, arch, data, params, out, time.perf_counter() - t0, dev)
 
 
 #: The manifest columns a worker needs to read and run its block.
 _BLOCK_COLUMNS = ["model_id", "arch", "data", "array", "row", "n_params", "sha256"]
 
 
-def _predict_scheduled(store: Store, rows: pd.DataFrame, sched: schedmod.Scheduler) -> torch.Tensor:
+def _predict_scheduled(
+    store: Store, rows: pd.DataFrame, sched: schedmod.Scheduler, device: str
+) -> torch.Tensor:
     """Test outputs ``[M, N, out]`` of ``rows``, a block of MODEL_BATCH models per Dask
     task (the blocks :func:`~bnnctl.evaluate.predict` runs in this process)."""
     cols = rows[_BLOCK_COLUMNS].reset_index(drop=True)
@@ -118,18 +126,20 @@ def _predict_scheduled(store: Store, rows: pd.DataFrame, sched: schedmod.Schedul
         outs = cluster.map(
             _predict_block,
             blocks,
-            (schedmod.location(store),),
+            (schedmod.location(store), device),
             name=lambda i: f"models {blocks[i][0]['model_id'].iloc[0]}...",
         )
     return torch.from_numpy(np.concatenate(outs))
 
 
-def _predict_block(rows: pd.DataFrame, url: str) -> np.ndarray:
-    """One block's test outputs, on a Dask worker (it opens the store by URL)."""
+def _predict_block(rows: pd.DataFrame, url: str, device: str) -> np.ndarray:
+    """One block's test outputs, on a Dask worker (it opens the store by URL) and its
+    ``device``."""
     store = Store.open(url)
     arch = arch_from_json(rows["arch"].iloc[0])
     data = store.load_data(rows["data"].iloc[0])
-    return predict(arch, store.read_params(rows), data.x_test).numpy()
+    dev = devmod.resolve(device)
+    return predict(arch, store.read_params(rows), data.x_test, device=dev).numpy()
 
 
 def evaluation_report(mem: Members) -> dict:

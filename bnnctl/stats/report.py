@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+import bnnctl.device as devmod
 from bnnctl.errors import UsageError
 from bnnctl.stats.modes import functional_members, modes_report, split_canonical
 from bnnctl.stats.summary import summary
@@ -58,6 +59,7 @@ def compare(
     seed: int = 0,
     max_n: int = 256,
     pool: Members | None = None,
+    device: str = "auto",
 ) -> dict:
     """Agreement and TV of the two BMA predictives; weight-space MMD² before and after
     canonicalisation (per transform present for both sides)."""
@@ -83,7 +85,7 @@ def compare(
         "mmd": None,
     }
     one_group(pd.concat(raws), "--compare")
-    mems = [evaluate_members(store, r, "--compare", pool) for r in raws]
+    mems = [evaluate_members(store, r, "--compare", pool, device=device) for r in raws]
     if mems[0].classification:
         out["agreement"], out["total_variation"] = agreement_tv(
             mems[0].probs.mean(0), mems[1].probs.mean(0)
@@ -124,17 +126,20 @@ def compute(
     max_n_mmd: int = 256,
     mode_tol: float = MODE_RTOL,
     scheduler: str | None = None,
+    device: str = "auto",
 ) -> tuple[dict, Context]:
     """The stats report of the rows ``where`` selects (see :data:`JSON_SHAPE`), and the
     arrays behind it. ``plot``: a folder to write the figures into (or True to compute
     what the figures need without writing them). ``scheduler`` runs the re-evaluation's
-    forward passes on Dask workers (:func:`~bnnctl.stats.members.evaluate_members`)."""
+    forward passes on Dask workers (:func:`~bnnctl.stats.members.evaluate_members`), and
+    ``device`` (:mod:`bnnctl.device`) is where they run."""
     if pairs < 1:
         raise UsageError(f"`pairs` must be at least 1, got {pairs}", "pairs")
     if seed < 0:
         raise UsageError(f"`seed` must be non-negative, got {seed}", "seed")
     if not 0 <= mode_tol < 1:
         raise UsageError(f"`mode_tol` must be in [0, 1), got {mode_tol}", "mode_tol")
+    devmod.parse(device)
     if scheduler is not None and not (ensemble or ood or plot):
         raise UsageError(
             "`scheduler` runs the re-evaluation: give it with --ensemble, --ood or --plot",
@@ -172,7 +177,7 @@ def compute(
         )
 
         what = "--ensemble" if ensemble else "--ood" if ood else "--plot"
-        mem = evaluate_members(store, members, what, scheduler=scheduler)
+        mem = evaluate_members(store, members, what, scheduler=scheduler, device=device)
         ctx.members = mem
         rep["evaluation"] = evaluation_report(mem)
         rep["ensemble"], ctx.pair_arrays = ensemble_report(mem, pairs, seed)
@@ -183,7 +188,7 @@ def compute(
         ctx.raw, ctx.canonical = split_canonical(store.manifest(), members)
     if compare_exprs is not None:
         rep["compare"] = compare(
-            store, *compare_exprs, seed=seed, max_n=max_n_mmd, pool=ctx.members
+            store, *compare_exprs, seed=seed, max_n=max_n_mmd, pool=ctx.members, device=device
         )
     if isinstance(plot, (str, Path)):
         from bnnctl.stats.plots import write_all
