@@ -47,6 +47,8 @@ class OneDevice(TorchDispatchMode):
         if len(devices) > 1 and func.name() not in self.TRANSFERS:
             self.mixed.append(f"{func.name()} on {sorted(devices)}")
         return func(*args, **kwargs)
+
+
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 
 
@@ -163,3 +165,13 @@ def test_train_on_gpu_matches_cpu(tmp_path):
     gpu, _ = trainmod.train_models(pop, [0, 1, 2, 3], device="cuda")
     assert gpu.device.type == "cpu"
     torch.testing.assert_close(gpu, cpu, rtol=1e-3, atol=1e-4)
+
+
+def test_gpu_out_of_memory_is_an_environment_error():
+    """A CUDA out-of-memory error becomes one line with exit 3 at the CLI boundary."""
+    from bnnctl.cli.common import as_known_error
+
+    known = as_known_error(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB"))
+    assert isinstance(known, EnvironmentFault) and known.exit_code == 3
+    assert "out of GPU memory" in str(known) and "--block-size" in str(known)
+    assert as_known_error(RuntimeError("a bug")) is None

@@ -322,6 +322,11 @@ def as_known_error(e: BaseException) -> BnnctlError | None:
         return environment_fault(fault)
     if isinstance(e, MemoryError):
         return EnvironmentFault("out of memory (try a smaller --block-size or --chains)")
+    torch = sys.modules.get("torch")  # loaded by any command that could run out of it
+    if torch is not None and isinstance(e, torch.OutOfMemoryError):
+        return EnvironmentFault(
+            "out of GPU memory (try a smaller --block-size or --chains, or --device cpu)"
+        )
     if isinstance(e, ImportError) and e.name and e.name.split(".")[0] in OPTIONAL_PACKAGES:
         return MissingDependencyError(
             f"{e.name} is not installed; it is needed for this store or format "
