@@ -120,8 +120,14 @@ def cores() -> int:
 def location(store: Any) -> str:
     """Where a worker opens ``store`` (a :class:`~bnnctl.store.Store`): its URL, or for
     a local store its absolute path (a relative one means nothing to another process's
-    working directory)."""
+    working directory). A ``memory://`` store lives in this process alone: refused."""
     url = str(store.url)
+    if url.startswith("memory://"):
+        raise UsageError(
+            "a memory:// store lives in this process only; Dask workers cannot reach it "
+            "(use a path or an object store with `scheduler`)",
+            "scheduler",
+        )
     return url if "://" in url and not url.startswith("file://") else str(store.root)
 
 

@@ -110,11 +110,6 @@ def test_commit_then_read_round_trip(tmp_path_factory, m, widths, dtype, seed):
     assert store.verify() == []
 
 
-def test_memory_urls_are_refused_clearly():
-    with pytest.raises(StoreError, match="memory:// stores are not supported"):
-        Store.open("memory://bnnctl-test/s.zarr", create=True)
-
-
 def test_refuses_other_format_versions_and_non_stores(tmp_path, store_copy):
     g = zarr.open_group(str(store_copy), mode="r+")
     g.attrs["bnnctl"] = {"format_version": FORMAT_VERSION + 1}

@@ -125,3 +125,32 @@ def test_bad_train_requests(tmp_path, digits, kwargs, msg):
 def test_bad_train_config(kwargs, msg):
     with pytest.raises(UsageError, match=msg):
         TrainConfig(**kwargs)
+
+
+@pytest.mark.parametrize("every_s, commits", [(0.0, 8), (1e9, 1)])
+def test_tiny_blocks_share_manifest_commits(tmp_path, monkeypatch, every_s, commits):
+    """Blocks trained in this process are committed together once COMMIT_EVERY_S of
+    training has passed (here: never, or after every block), with the same rows."""
+    from deltalake import DeltaTable
+
+    import bnnctl.engines.train as engine
+    from bnnctl import load_dataset
+
+    monkeypatch.setattr(engine, "COMMIT_EVERY_S", every_s)
+    url = tmp_path / "s.zarr"
+    Store.open(url, create=True)
+    before = DeltaTable(str(url / "manifest")).version()
+    res = train(url, load_dataset("moons"), TrainConfig(epochs=1), range(64), ArchSpec((2, 1)),
+                block_size=8)  # fmt: skip
+    assert DeltaTable(str(url / "manifest")).version() - before == commits
+    st = Store.open(url)
+    df = st.manifest().sort_values("seed")
+    assert list(df["seed"]) == list(range(64)) and st.verify() == []
+    assert df["array"].nunique() == 8  # a fresh array per block, batched or not
+    # the weights do not depend on how blocks were committed
+    expected = train_models(
+        Population("moons", ArchSpec((2, 1)), TrainConfig(epochs=1), load_dataset("moons")),
+        list(range(8, 16)),
+    )[0].numpy()
+    np.testing.assert_array_equal(st.read_params(df.iloc[8:16]), expected)
+    assert len(res.rows) == 64

@@ -74,11 +74,24 @@ def existing_rows(
     store: Store, name: str, config_digest: str, describe: Callable[[pd.Series], str]
 ) -> pd.DataFrame:
     """The population's committed rows; a :class:`ConflictError` (worded by
-    ``describe(row)``) when any of them was made with another configuration."""
+    ``describe(row)``) when any of them was made with another configuration. Then claims
+    the population for ``config_digest`` (:mod:`bnnctl.store.claims`), refusing it when
+    a concurrent writer with another configuration claimed it first (before either
+    committed a row)."""
+    from bnnctl.store import claims
+
     mine = store.population(name)
     other = mine[mine["config_sha256"] != config_digest]
     if not other.empty:
         raise ConflictError(describe(other.iloc[0]))
+    held = claims.claim(store, name, config_digest)
+    if held is not None:
+        raise ConflictError(
+            f"population {name!r} is being written with another configuration (claimed "
+            f"{held['created_at']}); pass another `population` NAME, or, if no run is "
+            "writing it, `bnnctl gc` releases a claim of a population with no rows after "
+            "its grace period"
+        )
     return mine
 
 

@@ -363,6 +363,8 @@ def run_plan(
     runs them; the samples are the same either way (bit for bit where the matrix products
     round alike, README)."""
     sched = schedmod.parse(scheduler)
+    if sched is not None:
+        schedmod.location(store)  # refuses a store the workers cannot reach
     committed = committed_blocks(store, plan)
     for segs in committed.values():
         if segs != list(range(len(segs))):

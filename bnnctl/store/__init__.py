@@ -20,18 +20,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bnnctl.store.format import DTYPES, FORMAT_VERSION
     from bnnctl.store.manifest import select
-    from bnnctl.store.store import Store, row_sha256
+    from bnnctl.store.store import Block, Store, row_sha256
     from bnnctl.store.verify import Problem
 
 _WHERE = {
     "select": "manifest",
     "DTYPES": "format",
     "FORMAT_VERSION": "format",
+    "Block": "store",
     "Store": "store",
     "row_sha256": "store",
     "Problem": "verify",
 }
-__all__ = ["DTYPES", "FORMAT_VERSION", "Problem", "Store", "row_sha256", "select"]
+__all__ = ["Block", "DTYPES", "FORMAT_VERSION", "Problem", "Store", "row_sha256", "select"]
 
 
 def __getattr__(name: str) -> Any:

@@ -10,14 +10,17 @@ here and decode it with the sharding spec: the chunks' bytes, then an index of
 chunk never written) followed by its crc32c.
 
 Only the exact layout :meth:`~bnnctl.store.Store.commit_block` writes is decoded here
-(:func:`whole_shard_layout`); for any other array the callers read through zarr. The
-same holds for writes: zarr creates a block's array (its ``zarr.json``), and
-:func:`encode_shard` gives the bytes of its one shard, which zarr would write chunk by
-chunk at about 1 ms per chunk (a block of 4,096 tiny models took over a second).
+(:func:`whole_shard_layout`); for any other array the callers read through zarr. Writes
+take the same shortcut: :func:`write_array` writes a block's ``zarr.json`` (the metadata
+zarr-python writes for that layout, checked against zarr's own in the tests) and its one
+shard (:func:`encode_shard`), which zarr would write chunk by chunk at about 1 ms per
+chunk (a block of 4,096 tiny models took over a second); creating the array through zarr
+cost a few ms of a tiny block's commit besides.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
@@ -62,6 +65,51 @@ def _plain(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _plain(v) for k, v in x.items()}
     return [_plain(v) for v in x] if isinstance(x, list | tuple) else x
+
+
+#: The ``zarr.json`` of a Zarr v3 group without attributes (as zarr-python writes it).
+GROUP_JSON = json.dumps({"attributes": {}, "zarr_format": 3, "node_type": "group"}, indent=2)
+
+
+def array_metadata(rows: int, width: int, dtype: str, attributes: dict) -> dict:
+    """The ``zarr.json`` zarr-python writes for a params array of one shard of ``rows``
+    one-row chunks of ``width`` values, uncompressed (``create_array(shape=(rows, width),
+    chunks=(1, width), shards=(rows, width), compressors=None)``): the layout
+    :func:`whole_shard_layout` accepts. Uncompressed: trained float32 weights compress by
+    only ~7-10 % (scripts/bench_store.py), and decompression would slow every read."""
+    raw = {"name": "bytes", "configuration": {"endian": "little"}}
+    sharding = {
+        "chunk_shape": [1, width],
+        "codecs": [raw],
+        "index_codecs": [raw, {"name": "crc32c"}],
+        "index_location": "end",
+    }
+    return {
+        "shape": [rows, width],
+        "data_type": dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [rows, width]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0.0,
+        "codecs": [{"name": "sharding_indexed", "configuration": sharding}],
+        "attributes": attributes,
+        "zarr_format": 3,
+        "node_type": "array",
+        "storage_transformers": [],
+    }
+
+
+def write_array(fs: Any, array_root: str, stored: np.ndarray, attributes: dict) -> None:
+    """Write the 2-D array ``stored`` (C-contiguous little-endian float32 or float16) as a
+    new Zarr v3 array of one shard at ``array_root`` (a folder of ``fs`` where nothing
+    is; its parent groups are the caller's): ``zarr.json`` first, so that an array cut
+    short by a crash is still found (and removed) by ``gc``, then the shard."""
+    rows, width = stored.shape
+    dtype = str(stored.dtype.newbyteorder("="))
+    meta = array_metadata(rows, width, dtype, attributes)
+    # exist_ok=False: on a local disk, an array already there is refused, never rewritten
+    fs.makedirs(f"{array_root}/c/0", exist_ok=False)
+    fs.pipe_file(f"{array_root}/zarr.json", json.dumps(meta, indent=2).encode())
+    fs.pipe_file(f"{array_root}/c/0/0", encode_shard(stored))
 
 
 def encode_shard(stored: np.ndarray) -> bytes:

@@ -22,12 +22,15 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from deltalake import DeltaTable
 
 from bnnctl.arch import AnyArch
@@ -62,9 +65,6 @@ if TYPE_CHECKING:  # zarr is imported on first use: `bnnctl ls` reads no array
     import zarr
 
 
-#: Params arrays are stored uncompressed: trained float32 weights compress by only ~7-10 %
-#: (see scripts/bench_store.py) and decompression would slow every read.
-PARAMS_COMPRESSORS = None
 #: Data arrays (often images, many zeros) compress well and are read once per command:
 #: zstd at this level.
 DATA_ZSTD_LEVEL = 3
@@ -90,7 +90,24 @@ def _is_url(url: str) -> bool:
 
 
 def _table_uri(url: str, root: str) -> str:
+    if url.startswith("memory://"):
+        return _memory_table(root)
     return f"{url.rstrip('/')}/manifest" if _is_url(url) else f"{root}/manifest"
+
+
+#: Where the manifests of this process's memory:// stores are (made on first use).
+_memory_tables: tempfile.TemporaryDirectory | None = None
+
+
+def _memory_table(root: str) -> str:
+    """The manifest of the memory:// store at ``root``. Its arrays are in fsspec's memory
+    filesystem, shared by the whole process, but delta-rs's memory object store belongs
+    to one DeltaTable object: so the table is a folder of a temporary directory that
+    lives as long as the process (removed at exit), one folder per store."""
+    global _memory_tables
+    if _memory_tables is None:
+        _memory_tables = tempfile.TemporaryDirectory(prefix="bnnctl-memory-")
+    return f"{_memory_tables.name}/{hashlib.sha256(root.encode()).hexdigest()[:16]}/manifest"
 
 
 def _url_to_fs(url: str) -> tuple[Any, str]:
@@ -111,7 +128,7 @@ def _url_to_fs(url: str) -> tuple[Any, str]:
     except ValueError:
         raise UsageError(
             f"unknown store URL scheme {scheme + '://'!r} in {url}; use a local path, s3://, "
-            "gs:// or az://",
+            "gs://, az:// or memory://",
             "store",
         ) from None
 
@@ -137,6 +154,18 @@ def _open_group(url: str, root: str, mode: str) -> zarr.Group:
     return zarr.open_group(zstore, mode=mode)  # type: ignore[arg-type]
 
 
+class Block(NamedTuple):
+    """One block to commit (see :meth:`Store.commit_block`): its params ``[M, P]``, their
+    stored dtype, its architecture, and one manifest row (a dict) per model, in order;
+    ``array_path`` is where its array goes, plus an attempt id."""
+
+    array_path: str
+    params: np.ndarray
+    dtype: str
+    arch: AnyArch
+    rows: list[dict]
+
+
 class Store:
     """A bnnctl store. Open with :meth:`Store.open`."""
 
@@ -155,8 +184,8 @@ class Store:
         self.as_of = as_of
         self._manifest: pd.DataFrame | None = None
         self._arrays: dict[str, zarr.Array] = {}
-        self._writer: DeltaTable | None = None  # kept open across commits
-        self._commits = 0  # by this Store: every COMPACT_FILES, the table may be compacted
+        self._writer: delta.Writer | None = None  # kept open across commits
+        self._groups: set[str] = set()  # params groups known to exist
 
     # --- opening -------------------------------------------------------------------
 
@@ -173,11 +202,6 @@ class Store:
         Refuses a store of another format version (a format-1 store names ``bnnctl
         migrate``), a regular file, a foreign Zarr group."""
         url = str(url)
-        if url.startswith("memory://"):
-            raise StoreError(
-                "memory:// stores are not supported: the manifest's Delta table needs a "
-                "local path or an object store (s3://, gs://, az://)"
-            )
         if _is_url(url):
             fs, root = _url_to_fs(url)
         else:
@@ -198,6 +222,8 @@ class Store:
                 info = _group_attrs(fs.cat_file(f"{root}/zarr.json")).get("bnnctl")
             else:
                 fs.makedirs(root, exist_ok=True)
+                if url.startswith("memory://"):  # the manifest of a removed store goes too
+                    shutil.rmtree(_table_uri(url, root), ignore_errors=True)
                 delta.create(_table_uri(url, root))
                 group = _open_group(url, root, mode="a")
                 group.attrs["bnnctl"] = {
@@ -302,60 +328,85 @@ class Store:
         in one manifest transaction: the commit point. Rows whose ``model_id`` another
         writer committed first are not committed again (their array rows stay unnamed,
         for ``bnnctl gc``). Returns the rows this call committed."""
-        if dtype not in DTYPES:
-            raise StoreError(f"unsupported dtype {dtype!r}; choose {' or '.join(DTYPES)}")
+        return self.commit_blocks([Block(array_path, params, dtype, arch, rows)])[0]
+
+    def commit_blocks(self, blocks: Sequence[Block]) -> list[pd.DataFrame]:
+        """Commit several blocks at once: each block's params to its own fresh array, as
+        :meth:`commit_block` does, then the rows of all of them in one manifest
+        transaction, the commit point of them all. A manifest commit costs about as much
+        for a few rows as for a thousand, so fast producers (tiny models) hand their
+        blocks here a few at a time. Returns, per block, the rows this call committed (an id
+        that two blocks of the batch share is committed from the first)."""
         if self.as_of is not None:
             raise StoreError(f"store opened as of manifest version {self.as_of} is read-only")
-        stored = np.ascontiguousarray(params, dtype=np.dtype(dtype).newbyteorder("<"))
-        array_path = f"{array_path}.{uuid.uuid4().hex[:8]}"
+        for b in blocks:
+            if b.dtype not in DTYPES:
+                raise StoreError(f"unsupported dtype {b.dtype!r}; choose {' or '.join(DTYPES)}")
+        if not blocks:
+            return []
+        paths = [f"{b.array_path}.{uuid.uuid4().hex[:8]}" for b in blocks]
         try:
-            return self._commit_block(array_path, stored, dtype, arch, rows)
+            tables = [self._write_block(path, b) for path, b in zip(paths, blocks, strict=True)]
+            if self._writer is None:
+                self._writer = delta.Writer(self.table_uri)
+            # rows whose ids another writer committed first are left out
+            inserted = self._writer.commit(pa.concat_tables(tables))
         except Exception as e:
             fault = os_error_in(e)
             if fault is None:
                 raise
-            with contextlib.suppress(Exception):  # our fresh array: no committed row names it
-                self.fs.rm(self._path(array_path), recursive=True)
-            block = array_path.removeprefix("params/").rsplit(".", 1)[0]
+            named = self._named(paths)
+            for path in set(paths) - named:  # our fresh arrays that no committed row names
+                with contextlib.suppress(Exception):
+                    self.fs.rm(self._path(path), recursive=True)
+            names = [p.removeprefix("params/").rsplit(".", 1)[0] for p in paths]
+            what = f"block {names[0]}" if len(names) == 1 else f"blocks {', '.join(names)}"
+            done = "committed before the fault" if named else "nothing committed"
             raise environment_fault(
-                fault, f"committing block {block}", "nothing committed; re-run to continue"
+                fault, f"committing {what}", f"{done}; re-run to continue"
             ) from None
+        finally:
+            self._manifest = None
+        out = inserted.to_pandas(types_mapper=INT_TYPES.get)
+        if len(paths) == 1:
+            return [out]
+        return [out[out["array"] == p].reset_index(drop=True) for p in paths]
 
-    def _commit_block(
-        self, array_path: str, stored: np.ndarray, dtype: str, arch: AnyArch, rows: list[dict]
-    ) -> pd.DataFrame:
-        m, p = stored.shape
-        arr = self.group.create_array(
-            name=array_path,
-            shape=(m, p),
-            dtype=dtype,
-            chunks=(1, p),
-            shards=(m, p),
-            compressors=PARAMS_COMPRESSORS,
-            attributes={
-                "layout": [t.to_json() for t in arch.layout],
-                "arch": json.loads(arch.to_json()),
-            },
-            overwrite=False,  # a fresh path: a committed array is never written again
-        )
-        if shards.whole_shard_layout(arr.metadata.to_dict()) != (m, p):
-            raise AssertionError(f"params array {array_path} is not laid out as one shard")
-        # one write of the whole shard: zarr would write its M chunks one by one
-        self.fs.makedirs(self._path(array_path, "c", "0"), exist_ok=True)
-        self.fs.pipe_file(self._path(array_path, "c", "0", "0"), shards.encode_shard(stored))
-        block = complete_rows(rows, array_path, stored, arch, [row_sha256(r) for r in stored])
-        if self._writer is None:
-            self._writer = delta.open_table(self.table_uri)
-        inserted = delta.commit(self._writer, block)
-        self._manifest = None
-        self._commits += 1
-        if self._commits % delta.COMPACT_FILES == 0:  # a long run keeps the table compact
-            delta.maybe_compact(self.table_uri)
-        out = block.to_pandas(types_mapper=INT_TYPES.get)
-        if inserted < len(out):  # another writer committed some of these ids first
-            mine = delta.ids_with_array(self.table(), list(out["model_id"]), array_path)
-            out = out[out["model_id"].isin(mine)]
-        return out
+    def _named(self, paths: list[str]) -> set[str]:
+        """Those of ``paths`` a committed row names: after a fault at an unknown moment
+        (perhaps after the commit point, in delta-rs's post-commit work), only the others
+        may be removed. When the manifest cannot be read, all of them (``gc`` may remove
+        them later)."""
+        try:
+            return set(delta.read(self.table(), ["array"])["array"]) & set(paths)
+        except Exception:  # noqa: BLE001 (unknown: keep them all)
+            return set(paths)
+
+    def _write_block(self, array_path: str, b: Block) -> pa.Table:
+        """Write a block's params to the fresh array ``array_path``; its completed rows."""
+        stored = np.ascontiguousarray(b.params, dtype=np.dtype(b.dtype).newbyteorder("<"))
+        self._make_parents(array_path)
+        attrs = {
+            "layout": [t.to_json() for t in b.arch.layout],
+            "arch": json.loads(b.arch.to_json()),
+        }
+        # written by hand, not through zarr: zarr would write the shard chunk by chunk
+        shards.write_array(self.fs, self._path(array_path), stored, attrs)
+        return complete_rows(b.rows, array_path, stored, b.arch, [row_sha256(r) for r in stored])
+
+    def _make_parents(self, array_path: str) -> None:
+        """The Zarr groups above ``array_path`` (``params``, ``params/<population>``),
+        written where absent (once per store object: they are never removed)."""
+        parts = array_path.split("/")[:-1]
+        for i in range(1, len(parts) + 1):
+            group = "/".join(parts[:i])
+            if group in self._groups:
+                continue
+            meta = self._path(group, "zarr.json")
+            if not self.fs.exists(meta):
+                self.fs.makedirs(self._path(group), exist_ok=True)
+                self.fs.pipe_file(meta, shards.GROUP_JSON.encode())
+            self._groups.add(group)
 
     def check_writable(self, planned_bytes: int = 0) -> None:
         """Before any work: refuse a store that cannot be written, or (on a local disk) has

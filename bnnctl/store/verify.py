@@ -17,6 +17,7 @@ from deltalake import DeltaTable
 import bnnctl.scheduler as schedmod
 from bnnctl.arch import arch_from_json
 from bnnctl.errors import UsageError, describe
+from bnnctl.store import claims
 from bnnctl.store import table as delta
 from bnnctl.store.manifest import INT_TYPES
 from bnnctl.store.schema import json_schema, rows_to_validate
@@ -275,10 +276,12 @@ def gc(store: Store, grace_seconds: float = 3600.0, dry_run: bool = False) -> li
             store.fs.rm(f"{root}/{p}", recursive=True)
         for p in partial:
             store.fs.rm(p)
-    return gone + [p[len(root) + 1 :] for p in partial]
+    populated = set(store.manifest()["population"])
+    released = claims.release_unused(store, populated, grace_seconds, dry_run)
+    return gone + [p[len(root) + 1 :] for p in partial] + released
 
 
 def _mtime(fs: Any, path: str) -> float:
     info = fs.info(path)
-    m = info.get("mtime", info.get("LastModified"))
+    m = info.get("mtime", info.get("LastModified", info.get("created")))  # local, S3, memory
     return m.timestamp() if hasattr(m, "timestamp") else float(m or 0)
