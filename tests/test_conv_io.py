@@ -113,6 +113,11 @@ def test_release_archive_imports_with_arch_optunet(tmp_path):
     np.testing.assert_array_equal(params, np.stack(rows).astype(np.float32))
     assert list(man["sha256"]) == [row_sha256(r) for r in rows]
     assert man["test_acc"].between(0, 1).all()
+    # each row names the archive member it was read from
+    assert [src.split(":")[0] for src in man["source"]] == [archive.name] * 3
+    assert [src.rsplit("/", 1)[-1] for src in man["source"]] == [
+        f"{k}.safetensors" for k in range(3)
+    ]
     assert st.verify() == []
     # re-running skips them; float32 on request, equal to the float16 values
     r = runner.invoke(
@@ -140,6 +145,12 @@ def test_folder_of_archives_and_default_dtype(tmp_path):
     )
     assert res.dtype == "float16" and len(res.rows) == 4  # all float16: stored as float16
     assert sorted(res.rows["model_id"]) == [f"release.{k}" for k in range(4)]
+    assert sorted(res.rows["source"]) == [
+        "mnist-optunet-0-1.tgz:0.safetensors",
+        "mnist-optunet-0-1.tgz:1.safetensors",
+        "mnist-optunet-2-3.tar.gz:2.safetensors",
+        "mnist-optunet-2-3.tar.gz:3.safetensors",
+    ]
     make_tgz(folder / "again.tgz", {"0.safetensors": save(fp16_state_dict(9))})
     with pytest.raises(DataError, match="make the same model id '0'"):
         import_folder(tmp_path / "t.zarr", folder, load_dataset(None, mnist_like(tmp_path)))

@@ -182,3 +182,24 @@ def test_two_canonicalize_runs_at_once_write_each_canonical_row_once(store_copy)
     assert st.verify() == []
     st.gc(grace_seconds=0)
     assert st.orphan_arrays() == [] and Store.open(s).verify() == []
+
+
+def test_a_manifest_written_before_a_column_was_added_reads_and_grows_it(tmp_path):
+    """``source`` joined the schema after format 2: a table without it reads as null, and
+    the next commit adds the column (null in the older rows) without losing a row."""
+    from deltalake import write_deltalake
+
+    from bnnctl import ArchSpec, TrainConfig, load_dataset, train
+
+    url = tmp_path / "s.zarr"
+    train(url, load_dataset("moons"), TrainConfig(epochs=1), range(4), ArchSpec((2, 1)))
+    old = DeltaTable(str(url / "manifest")).to_pyarrow_table().drop_columns(["source"])
+    write_deltalake(str(url / "manifest"), old, mode="overwrite", schema_mode="overwrite")
+    assert "source" not in DeltaTable(str(url / "manifest")).schema().to_arrow().names
+    st = Store.open(url)
+    assert st.manifest()["source"].isna().all() and len(st.manifest()) == 4
+    assert st.verify() == []
+    train(url, load_dataset("moons"), TrainConfig(epochs=1), range(4, 8), ArchSpec((2, 1)))
+    assert "source" in DeltaTable(str(url / "manifest")).schema().to_arrow().names
+    st = Store.open(url)
+    assert sorted(st.manifest()["seed"]) == list(range(8)) and st.verify() == []

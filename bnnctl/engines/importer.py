@@ -382,7 +382,6 @@ def import_folder(
             f"{folder} holds no {', '.join(IMPORT_SUFFIXES)} files"
             + ("" if is_archive(folder) else f" (or {'/'.join(ARCHIVE_SUFFIXES)} archives of them)")
         )
-    stems = [c.stem for c in checkpoints]
     for c in checkpoints:
         if not re.fullmatch(popmod.NAME_PATTERN, c.stem):
             raise DataError(
@@ -424,7 +423,9 @@ def import_folder(
     popmod.existing_rows(store, name, config, describe)
     done = set(store.manifest()["model_id"])
     todo = [
-        (f"{name}.{s}", p) for s, p in zip(stems, params, strict=True) if f"{name}.{s}" not in done
+        (f"{name}.{c.stem}", c.label, p)
+        for c, p in zip(checkpoints, params, strict=True)
+        if f"{name}.{c.stem}" not in done
     ]
     committed = []
     if todo:
@@ -467,8 +468,8 @@ def _images(arch: AnyArch, ds: Dataset) -> Dataset:
 
 
 def _commit(store, todo, arch, dtype, ds, name, config, data_path, dev) -> pd.DataFrame:
-    ids = [m for m, _ in todo]
-    params = np.stack([p for _, p in todo])
+    ids = [m for m, _, _ in todo]
+    params = np.stack([p for _, _, p in todo])
     flat = torch.from_numpy(params.astype(np.float32))
     metrics = metrics_of(arch, for_task(ds.task), flat, _images(arch, ds), dev)
     rows = [
@@ -480,10 +481,11 @@ def _commit(store, todo, arch, dtype, ds, name, config, data_path, dev) -> pd.Da
             "seed": None,
             **popmod.data_columns(ds, data_path),
             "parent_id": None,
+            "source": label,  # the file (or archive member) the row was read from
             "config_sha256": config,
             **{k: float(v[i]) for k, v in metrics.items()},
         }
-        for i, m in enumerate(ids)
+        for i, (m, label, _) in enumerate(todo)
     ]
     h = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
     return store.commit_block(f"params/{name}/import-{h}", params, dtype, arch, rows)

@@ -54,6 +54,14 @@ COLUMNS: list[tuple[str, str, bool, str]] = [
     ("sha256", S, True, "sha256 of the row's stored little-endian bytes."),
     ("parent_id", S, False, "model_id this row was derived from; null for roots."),
     (
+        "source",
+        S,
+        False,
+        "File an import row was read from: its name in the imported folder, or "
+        "ARCHIVE:MEMBER for an archive's member; null for other kinds. (A column added "
+        "after format 2 was set: a manifest written before it lacks the column, read as null.)",
+    ),
+    (
         "config_sha256",
         S,
         True,

@@ -18,6 +18,7 @@ import random
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Literal
 
 import pandas as pd
 import pyarrow as pa
@@ -95,7 +96,8 @@ def read_arrow(
     :func:`bnnctl.store.where.pushdown`) keeps only the rows that satisfy it, evaluated by
     delta-rs's query engine, which skips whole files and row groups by their statistics."""
     names = [c for c in READ_SCHEMA.names if columns is None or c in columns]
-    read = list(dict.fromkeys([*names, *ORDER]))
+    present = set(_names(dt))
+    read = [c for c in dict.fromkeys([*names, *ORDER]) if c in present]
     try:
         if prefilter is None:
             table = dt.to_pyarrow_table(columns=read)
@@ -110,8 +112,18 @@ def read_arrow(
         ) from None
     # the query engine returns string views: cast to the manifest's types first
     table = table.select(read).cast(pa.schema([READ_SCHEMA.field(n) for n in read]))
+    for name in names:  # a column added to the schema after this table was written
+        if name not in present:
+            table = table.append_column(
+                READ_SCHEMA.field(name), pa.nulls(table.num_rows, READ_SCHEMA.field(name).type)
+            )
     order = pc.sort_indices(table, [(c, "ascending") for c in ORDER])
     return table.take(order).select(names)
+
+
+def _names(dt: DeltaTable) -> list[str]:
+    """The table's column names (a table written by an older bnnctl may lack some)."""
+    return [f.name for f in dt.schema().fields]
 
 
 def read(
@@ -147,8 +159,13 @@ def commit(table: str | DeltaTable, rows: pa.Table) -> pa.Table:
         new = rows.filter(pc.invert(pc.is_in(rows["model_id"], _present(dt, rows["model_id"]))))
         if new.num_rows == 0:
             return new
+        # a table written before a column was added to the schema gains it (null in its
+        # older rows) in the same commit
+        evolve: Literal["merge"] | None = (
+            "merge" if set(ARROW_SCHEMA.names) - set(_names(dt)) else None
+        )
         try:
-            write_deltalake(dt, new, mode="append", commit_properties=once)
+            write_deltalake(dt, new, mode="append", commit_properties=once, schema_mode=evolve)
             return new
         except CommitFailedError:  # another writer took version v + 1: look again
             # jittered, so that writers that lost to each other do not collide again
