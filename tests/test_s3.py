@@ -4,6 +4,7 @@ the standard AWS variables that every S3 client reads."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -115,3 +116,64 @@ def test_kill_9_during_train_on_s3_then_rerun(s3_env, monkeypatch):
     ids = r.stdout.split()
     assert sorted(ids) == [f"moons.{k:06d}" for k in range(24)]
     assert bnnctl(s3_env, "verify", "--store", store).returncode == 0
+
+
+#: Every other command on one S3 store, run in one process (one torch import): each
+#: (arguments, text its output must hold).
+SMALL = ["--dataset", "moons", "--arch", "mlp:2-4-2", "--epochs", "1"]
+OTHER_COMMANDS = [
+    (["train", *SMALL, "--seeds", "6", "--block-size", "3"], "trained 6 models"),
+    (
+        [
+            "sample",
+            "--method",
+            "sgld",
+            "--chains",
+            "2",
+            "--samples",
+            "3",
+            "--burn-in",
+            "2",
+            "--dataset",
+            "moons",
+            "--arch",
+            "mlp:2-4-2",
+        ],
+        "committed 6 rows",
+    ),
+    (["canonicalize", "--where", "population == 'moons'"], "6"),
+    (["stats", "--ensemble", "--where", "population == 'moons'"], "ensemble"),
+    (["export", "--where", "population == 'moons' and seed < 2", "{out}"], "exported"),
+    (["import", "{out}", "--dataset", "moons", "--arch", "mlp:2-4-2", "-p", "back"], "imported 2"),
+    (["compact"], ""),
+    (["migrate"], ""),
+    (["gc", "--grace", "0"], ""),
+    (["verify"], "ok:"),
+    # another configuration of a claimed population: refused before training
+    (["train", *SMALL, "--seeds", "2", "--seed-start", "50", "--lr", "0.5"], "error:"),
+]
+
+
+def test_every_command_on_s3(s3_env, tmp_path):
+    store = new_store()
+    script = f"""
+import json, sys
+from typer.testing import CliRunner
+from bnnctl.cli.common import app
+out = []
+for args in json.loads(sys.argv[1]):
+    r = CliRunner().invoke(app, [*args, "--store", {store!r}])
+    out.append([r.exit_code, r.output])
+print(json.dumps(out))
+"""
+    cmds = [[a.replace("{out}", str(tmp_path / "out")) for a in args] for args, _ in OTHER_COMMANDS]
+    r = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(cmds)],
+        capture_output=True, text=True, env=s3_env, timeout=600,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    results = json.loads(r.stdout.strip().splitlines()[-1])
+    for (args, want), (code, output) in zip(OTHER_COMMANDS, results, strict=True):
+        refused = want == "error:"
+        assert (code == 2) if refused else (code == 0), (args, output)
+        assert want in output, (args, output)
