@@ -56,7 +56,9 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     store = ctx.store()
     ds = load_dataset("moons")
     arch = ArchSpec(WIDTHS)
-    chains, samples, burn, leap, thin = ctx.pick((4, 4, 5, 3, 1), (32, 40, 100, 10, 5))
+    # many chains, few samples each: the test that needs independent observations takes
+    # one sample per chain (512 chains x 2 inputs = 1,024 of them)
+    chains, samples, burn, leap, thin = ctx.pick((4, 4, 5, 3, 1), (512, 8, 100, 10, 5))
     g = ctx.pick(16, 256)
     ctx.log(f"HMC: {chains} chains x {samples} samples (thin {thin}), burn-in {burn}")
     sample(
