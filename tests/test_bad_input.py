@@ -260,6 +260,8 @@ CASES = [
     Case("sample-device-absent", ["sample", "--device", "cuda:99"], 3, "--device cuda:99 asked"),
     Case("sample-device-word", ["sample", "--device", "cuda:x"], 2, "unknown --device"),
     Case("stats-device-word", ["stats", "--device", "tpu"], 2, "unknown --device 'tpu'"),
+    Case("canonicalize-device-word", ["canonicalize", "--device", "gpu0"], 2, "unknown --device"),
+    Case("import-device-word", ["import", "{tmp}", "--device", "xla"], 2, "unknown --device"),
     Case("train-arch-oom", ["train", "--arch", "mlp:64-100000000-10", "-p", "big"], 2, "GB"),
     Case("train-arch-outputs", ["train", "--arch", "mlp:64-8-3"], 2, "3 outputs"),
     Case("train-arch-name", ["train", "--arch", "resnet18"], 2, "cannot parse architecture"),

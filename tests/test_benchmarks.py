@@ -88,3 +88,13 @@ def test_bench_conv_layers_quick():
         for r in cands.values():
             assert r["ms"] > 0 and r["max_rel_diff"] < 1e-4
     assert out["step_ratio"] > 0
+
+
+def test_bench_device_quick(tmp_path):
+    """The GPU run's script, on the CPU with tiny sizes: every section reports."""
+    out_file = tmp_path / "figures.json"
+    out = json.loads(quick("bench_device.py", "--device", "cpu", "--out", str(out_file)))
+    assert out == json.loads(out_file.read_text()) and out["device"] == "cpu"
+    assert out["mlp"]["models_per_s"] > 0 and out["mlp"]["plain_models_per_s"] > 0
+    assert out["optunet"]["models"] == 4 and out["optunet"]["extrapolated_60_epochs_s"] > 0
+    assert out["canonicalize"]["models"] == 8 and out["sghmc"]["grad_evals_per_s"] > 0

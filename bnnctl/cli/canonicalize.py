@@ -8,6 +8,7 @@ import typer
 
 from bnnctl.cli.common import (
     DEFAULT_STORE,
+    DeviceOpt,
     FormatFlag,
     QuietOpt,
     ReportFormat,
@@ -70,6 +71,7 @@ def canonicalize_cmd(
     ] = MODE_RTOL,
     fmt: Annotated[ReportFormat, FormatFlag] = ReportFormat.table,
     scheduler: SchedulerOpt = None,
+    device: DeviceOpt = "auto",
     store: StoreOpt = DEFAULT_STORE,
     quiet: QuietOpt = False,
 ) -> None:
@@ -96,6 +98,7 @@ def canonicalize_cmd(
             mode_rtol=mode_tol,
             progress=advance,
             scheduler=scheduler,
+            device=device,
         )
     log(
         quiet,
