@@ -206,8 +206,8 @@ def test_pipeline_head_ends_quietly(tmp_path):
     assert len(r.stdout.splitlines()) == 2 and r.stderr == ""
 
 
-@pytest.mark.parametrize("kill_after_blocks", [0, 2])
-def test_kill_9_then_rerun_gives_exactly_the_requested_rows(tmp_path, kill_after_blocks):
+@pytest.mark.parametrize("kill_after_commits", [0, 1])
+def test_kill_9_then_rerun_gives_exactly_the_requested_rows(tmp_path, kill_after_commits):
     s = tmp_path / "k.zarr"
     args = [
         sys.executable,
@@ -231,7 +231,7 @@ def test_kill_9_then_rerun_gives_exactly_the_requested_rows(tmp_path, kill_after
     while time.time() < deadline:
         log = s / "manifest" / "_delta_log"
         commits = len(list(log.glob("*.json"))) - 1 if log.exists() else 0  # 0: the creation
-        if commits >= kill_after_blocks and (s / "params").exists():
+        if commits >= kill_after_commits and (s / "params").exists():
             break
         time.sleep(0.02)
     os.kill(p.pid, signal.SIGKILL)

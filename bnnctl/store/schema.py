@@ -22,6 +22,9 @@ ARROW = {
     T: pa.timestamp("us", tz="UTC"),
 }
 KINDS = ("train", "sample", "canonical", "import")
+#: Columns added after format 2 was set: a table written before one was added lacks it,
+#: read as null (and gains it at its next commit). Any other missing column is damage.
+ADDED_COLUMNS = ("source",)
 
 # name, type, required (non-null for every row), description
 COLUMNS: list[tuple[str, str, bool, str]] = [

@@ -28,7 +28,7 @@ from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from bnnctl.errors import StoreError, UsageError, describe, one_line
 from bnnctl.store.manifest import INT_TYPES
-from bnnctl.store.schema import ARROW_SCHEMA
+from bnnctl.store.schema import ADDED_COLUMNS, ARROW_SCHEMA
 
 #: Attempts of a commit that lost a race before giving up (each looks the ids up again).
 COMMIT_ATTEMPTS = 50
@@ -97,6 +97,12 @@ def read_arrow(
     delta-rs's query engine, which skips whole files and row groups by their statistics."""
     names = [c for c in READ_SCHEMA.names if columns is None or c in columns]
     present = set(_names(dt))
+    absent = [c for c in names if c not in present]
+    if set(absent) - set(ADDED_COLUMNS):
+        missing = ", ".join(c for c in absent if c not in ADDED_COLUMNS)
+        raise StoreError(
+            f"the manifest table has no column {missing}; run `bnnctl verify` for details"
+        )
     read = [c for c in dict.fromkeys([*names, *ORDER]) if c in present]
     try:
         if prefilter is None:
@@ -112,11 +118,10 @@ def read_arrow(
         ) from None
     # the query engine returns string views: cast to the manifest's types first
     table = table.select(read).cast(pa.schema([READ_SCHEMA.field(n) for n in read]))
-    for name in names:  # a column added to the schema after this table was written
-        if name not in present:
-            table = table.append_column(
-                READ_SCHEMA.field(name), pa.nulls(table.num_rows, READ_SCHEMA.field(name).type)
-            )
+    for name in absent:  # a column added to the schema after this table was written
+        table = table.append_column(
+            READ_SCHEMA.field(name), pa.nulls(table.num_rows, READ_SCHEMA.field(name).type)
+        )
     order = pc.sort_indices(table, [(c, "ascending") for c in ORDER])
     return table.take(order).select(names)
 
