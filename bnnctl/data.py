@@ -31,11 +31,16 @@ SPLITS = ("x_train", "y_train", "x_test", "y_test")
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
+    """Features flat ``[N, F]`` (images channel-major), labels or targets. ``image_shape``
+    ``(C, H, W)``, for images, is how a store keeps them (``[N, C, H, W]``) and what a
+    conv net's input must be; it is not part of :attr:`sha256` (the flat arrays are)."""
+
     name: str
     x_train: np.ndarray
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    image_shape: tuple[int, int, int] | None = None
 
     @property
     def task(self) -> str:
@@ -81,11 +86,16 @@ class Dataset:
 
 
 def validate(name: str, arrays: dict[str, np.ndarray]) -> Dataset:
-    """Check shapes, dtypes, labels and finiteness; return float32 features and
-    int64 labels (classification) or float32 ``[N, d]`` targets (regression)."""
+    """Check shapes, dtypes, labels and finiteness; return float32 features (flat) and
+    int64 labels (classification) or float32 ``[N, d]`` targets (regression). Features
+    given as images, ``[N, C, H, W]`` or ``[N, H, W]`` (one channel), keep that shape as
+    the dataset's ``image_shape``."""
     missing = [k for k in SPLITS if k not in arrays]
     if missing:
         raise DataError(f"{name}: missing arrays {', '.join(missing)} (need {', '.join(SPLITS)})")
+    shapes = {np.shape(arrays[k])[1:] for k in ("x_train", "x_test")}
+    image = shapes.pop() if len(shapes) == 1 else None
+    image_shape = (1, *image) if image and len(image) == 2 else image
     out = {}
     for split in ("train", "test"):
         x, y = np.asarray(arrays[f"x_{split}"]), np.asarray(arrays[f"y_{split}"])
@@ -137,7 +147,9 @@ def validate(name: str, arrays: dict[str, np.ndarray]) -> Dataset:
             raise DataError(f"{name}: classification needs at least two classes")
     elif ytr.shape[1] != yte.shape[1]:
         raise DataError(f"{name}: y_train and y_test have different target widths")
-    return Dataset(name, **out)
+    if image_shape is not None and len(image_shape) != 3:
+        image_shape = None  # flat features, or not images
+    return Dataset(name, **out, image_shape=image_shape)
 
 
 def load_dataset(name: str | None = "digits", path: str | Path | None = None) -> Dataset:
@@ -197,7 +209,7 @@ def _digits28() -> Dataset:
 
     def to28(x: np.ndarray) -> np.ndarray:
         img = zoom(x.reshape(-1, 8, 8), (1, 2.5, 2.5), order=1).clip(0.0, 1.0)
-        return np.pad(img, ((0, 0), (4, 4), (4, 4))).reshape(len(x), -1)
+        return np.pad(img, ((0, 0), (4, 4), (4, 4))).reshape(len(x), 1, 28, 28)
 
     return validate(
         "digits28",
@@ -337,5 +349,6 @@ def read_cifar10(folder: Path) -> dict[str, np.ndarray]:
         parts = [read_cifar_batch(folder / f) for f in files]
         x = np.concatenate([a for a, _ in parts]).astype(np.float32)
         x /= 255.0
+        x = x.reshape(len(x), 3, 32, 32)  # the records' own layout: channel-major planes
         out[f"x_{split}"], out[f"y_{split}"] = x, np.concatenate([b for _, b in parts])
     return out

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, brier_score_loss, log_loss
 
-from bnnctl.data import load_dataset, read_idx
+from bnnctl.data import load_dataset, read_idx, validate
 from bnnctl.errors import DataError, UsageError
 from bnnctl.evaluate.metrics import classification, ece
 from bnnctl.testing.images import write_idx
@@ -125,3 +125,29 @@ def test_metrics_match_sklearn_and_a_direct_ece():
     assert got == pytest.approx(2 * brier_score_loss(yb, p1))
     # perfectly calibrated toy: confidence 1 and always right
     assert ece(torch.ones(1, 5), torch.ones(1, 5)).item() == 0.0
+
+
+def test_images_keep_their_shape_in_the_store_and_not_in_the_hash(tmp_path):
+    """digits28 is [N, 1, 28, 28] in the store (MNIST's IDX and CIFAR's binary layouts
+    too); it loads back as the same flat features, hash and image shape."""
+    import zarr
+
+    from bnnctl.arch import parse_arch
+    from bnnctl.evaluate import check_arch
+    from bnnctl.store import Store
+
+    ds = load_dataset("digits28")
+    assert ds.image_shape == (1, 28, 28) and ds.x_train.shape == (len(ds.y_train), 784)
+    flat = validate("digits28", {**ds.arrays()})  # the same values given flat
+    assert flat.image_shape is None and flat.sha256 == ds.sha256
+    store = Store.open(tmp_path / "s.zarr", create=True)
+    path = store.put_dataset(ds)
+    group = zarr.open_group(str(tmp_path / "s.zarr" / path), mode="r")
+    assert group["x_train"].shape == (len(ds.y_train), 1, 28, 28)
+    assert group["x_test"].shape == (len(ds.y_test), 1, 28, 28)
+    back = Store.open(tmp_path / "s.zarr").load_data(path)
+    assert back.image_shape == (1, 28, 28) and back.sha256 == ds.sha256
+    np.testing.assert_array_equal(back.x_train, ds.x_train)
+    check_arch(parse_arch("optunet"), back)
+    with pytest.raises(UsageError, match="takes 4x14x14 images but digits28 holds 1x28x28"):
+        check_arch(parse_arch("cnn:4x14x14/c2k3-r-gap-l10"), back)

@@ -23,9 +23,13 @@ MODEL_BATCH = 1024
 
 
 def check_arch(arch: AnyArch, ds: Dataset) -> None:
-    """Refuse an architecture whose input or output width does not fit the data."""
+    """Refuse an architecture whose input or output width, or input image shape, does
+    not fit the data."""
+    shape = "x".join(map(str, getattr(arch, "input", ())))
+    if shape and ds.image_shape is not None and shape != "x".join(map(str, ds.image_shape)):
+        have = "x".join(map(str, ds.image_shape))
+        raise UsageError(f"{arch.name} takes {shape} images but {ds.name} holds {have} images")
     if arch.n_inputs != ds.n_features:
-        shape = "x".join(map(str, getattr(arch, "input", ())))
         takes = f"{shape} images ({arch.n_inputs} values)" if shape else f"{arch.n_inputs} inputs"
         raise UsageError(
             f"{arch.name} takes {takes} but {ds.name} has {ds.n_features} features per point"

@@ -506,6 +506,8 @@ class Store:
 
         g = self.group.require_group(path)
         for key, a in ds.arrays().items():
+            if ds.image_shape is not None and key.startswith("x"):
+                a = a.reshape(len(a), *ds.image_shape)  # images as [N, C, H, W]
             g.create_array(
                 name=key,
                 data=a,

@@ -15,15 +15,16 @@ from bnnctl.data import Dataset, validate
 def synthetic_images(
     shape: tuple[int, int, int] = (1, 28, 28), n_train: int = 256, n_test: int = 64, seed: int = 0
 ) -> Dataset:
-    """Random images of ``shape`` in [0, 1], stored flat (channel-major), 10 classes."""
+    """Random images of ``shape`` (C, H, W) in [0, 1], 10 classes (features flat,
+    channel-major, as every dataset holds them; ``image_shape`` is ``shape``)."""
     rng = np.random.default_rng(seed)
     d = int(np.prod(shape))
     return validate(
         "synthetic" + "x".join(map(str, shape)),
         {
-            "x_train": rng.random((n_train, d), dtype=np.float32),
+            "x_train": rng.random((n_train, d), dtype=np.float32).reshape(n_train, *shape),
             "y_train": rng.integers(0, 10, n_train),
-            "x_test": rng.random((n_test, d), dtype=np.float32),
+            "x_test": rng.random((n_test, d), dtype=np.float32).reshape(n_test, *shape),
             "y_test": rng.integers(0, 10, n_test),
         },
     )
