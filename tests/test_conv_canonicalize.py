@@ -78,3 +78,62 @@ def test_optunet_trains_on_digits28_out_of_the_box(tmp_path):
     assert r.exit_code == 0, r.stderr
     man = Store.open(path).manifest()
     assert list(man["arch_name"]) == ["optunet", "optunet"] and (man["dataset"] == "digits28").all()
+
+
+def _with_dead_channels(arch, seed: int, edit) -> torch.Tensor:
+    """A random model of ``arch`` (float64 [1, P]) with ``edit(views, generator)`` applied."""
+    g = torch.Generator().manual_seed(seed)
+    flat = arch.init(g).double().reshape(1, -1).contiguous()
+    edit(arch.views(flat), torch.Generator().manual_seed(100 + seed))
+    return flat
+
+
+@pytest.mark.parametrize(
+    "spec, edit, dead_at_least",
+    [
+        # OptuNet (no conv bias): conv1's channel 0 silent; what it feeds (conv2's group 0,
+        # then fc1's columns 0-4) is noise that must not matter
+        (
+            "optunet",
+            lambda v, g: (
+                v["conv1.weight"][:, 0].zero_(),
+                v["conv2.weight"][:, :5].normal_(generator=g),
+            ),
+            6,
+        ),
+        # with biases: conv2's channel 1 unused (fc1 never reads it); its kernel and bias
+        # are noise
+        (
+            "cnn:1x8x8/c4k3-r-m2-c3k3p1-r-gap-l3-r-l10",
+            lambda v, g: (
+                v["fc1.weight"][:, :, 1].zero_(),
+                v["conv2.weight"][:, 1].normal_(generator=g),
+                v["conv2.bias"][:, 1].normal_(generator=g),
+            ),
+            1,
+        ),
+    ],
+    ids=["optunet-silent", "cnn-unused"],
+)
+def test_dead_conv_channels_have_one_canonical_form(spec, edit, dead_at_least):
+    """Copies that differ only in weights a dead channel makes irrelevant compute the same
+    function and get the same canonical form (before: each kept its own), and the
+    canonical form computes the source's function."""
+    from bnnctl.symmetry.canonical import canonicalize as canon_form
+    from bnnctl.symmetry.transform import make_transform
+
+    arch = parse_arch(spec)
+    t = make_transform(arch, ["perm", "scale"])
+    a, b = (_with_dead_channels(arch, 0, lambda v, g, s=s: edit(v, torch.Generator().manual_seed(s)))
+            for s in (1, 2))  # fmt: skip
+    x = torch.rand(
+        16, arch.n_inputs, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
+    )
+    out = {k: arch.forward(p.float(), x.float()) for k, p in (("a", a), ("b", b))}
+    torch.testing.assert_close(out["a"], out["b"], rtol=1e-5, atol=1e-6)  # same function
+    assert not torch.equal(a, b)  # different weights
+    ca, cb = canon_form(arch, a, t), canon_form(arch, b, t)
+    assert int(ca.dead[0]) >= dead_at_least
+    torch.testing.assert_close(ca.params, cb.params, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(arch.forward(ca.params.float(), x.float()), out["a"],
+                               rtol=1e-4, atol=1e-5)  # fmt: skip

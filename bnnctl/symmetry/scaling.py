@@ -15,7 +15,9 @@ from bnnctl.symmetry.action import (
     group_view,
     reduce_except,
     scale_,
+    shape_for,
     tensor_sum,
+    unit_factor,
     unit_mass,
 )
 from bnnctl.symmetry.transform import SCALE_MAX_SWEEPS, SCALE_TOL, mass_tensors
@@ -186,12 +188,9 @@ def dead_units_(arch: AnyArch, flat: torch.Tensor) -> torch.Tensor:
     from the input; zeroing a unit's incoming weights can leave units of the layer
     below without outputs, so the second runs back from the output.
 
-    MLPs only: for a :class:`~bnnctl.arch.ConvSpec` nothing is done and 0 returned (a
-    conv channel's constant output would fold into a spatially varying next layer,
-    which a bias cannot hold; dead conv channels keep scale 1 in :func:`scale_l2_`, so
-    their canonical form is not defined)."""
+    Conv nets: :func:`_dead_channels_`."""
     if not isinstance(arch, ArchSpec):
-        return torch.zeros(flat.shape[0], dtype=torch.int64)
+        return _dead_channels_(arch, flat, change=True)
     v, layers, groups = arch.views(flat), arch.unflatten(flat), arch.unit_groups()
     if not has_zero_weight(layers):
         return torch.zeros(flat.shape[0], dtype=torch.int64)
@@ -226,11 +225,68 @@ def has_zero_weight(layers: list[tuple[torch.Tensor, torch.Tensor]]) -> bool:
     return not all(w.numpy().all() for w, _ in layers)
 
 
+def _dead_channels_(arch: AnyArch, flat: torch.Tensor, change: bool) -> torch.Tensor:
+    """Dead units of a conv net (channels, and the hidden units of its linear layers),
+    per model ``[M]``, given the canonical form where it is exact (``change``):
+
+    - a *silent* unit, all of whose incoming weights and bias are zero, outputs act(0) = 0
+      everywhere (every activation here has act(0) = 0; pooling keeps a zero map zero), so
+      its outgoing weights are set to zero, from the input layer on (this can silence
+      units of the next layer);
+    - an *unused* unit, all of whose outgoing weights are zero, has its incoming weights
+      and bias set to zero, from the output layer back.
+
+    Either way the function is unchanged and the unit ends all zero, whatever it held. A
+    unit with zero incoming weights but a bias outputs a constant map, which a next
+    conv layer sees through its padding as a spatially varying input that no bias can
+    hold: it is counted but left as it is (keeping scale 1 in :func:`scale_l2_`)."""
+    v, groups = arch.views(flat), arch.unit_groups()
+
+    def all_zero(g: UnitGroup, side: str) -> torch.Tensor:  # [M, n]
+        pairs = g.incoming if side == "in" else g.outgoing
+        return unit_mass(v, g, side, {n for n, _ in pairs}) == 0
+
+    dead = [torch.zeros(flat.shape[0], g.size, dtype=torch.bool) for g in groups]
+    for i, g in enumerate(groups):
+        silent = all_zero(g, "in")
+        if change:
+            _zero_side_(v, g, g.outgoing, silent)
+        dead[i] |= silent
+    for i, g in reversed(list(enumerate(groups))):
+        unused = all_zero(g, "out")
+        if change:
+            _zero_side_(v, g, g.incoming, unused)
+        dead[i] |= unused
+    # constant units: zero weights in, a bias, weights out (counted only)
+    for i, g in enumerate(groups):
+        weights_in = [(n, a) for n, a in g.incoming if not n.endswith("bias")]
+        if weights_in:
+            dead[i] |= unit_mass(v, g, "in", {n for n, _ in weights_in}) == 0
+    return tensor_sum(d.sum(1) for d in dead)
+
+
+def _zero_side_(
+    v: dict[str, torch.Tensor],
+    g: UnitGroup,
+    pairs: tuple[tuple[str, int], ...],
+    mask: torch.Tensor,
+) -> None:
+    """Zero, in place, the slices of ``pairs`` that belong to the units in ``mask [M, n]``."""
+    if not mask.any():
+        return
+    keep = (~mask).to(next(iter(v.values())).dtype)
+    for name, axis in pairs:
+        if g.plain(name):
+            v[name].mul_(shape_for(v[name], axis, keep))
+        else:
+            t, f = unit_factor(v, g, name, axis, keep)
+            t.mul_(f)
+
+
 def count_dead(arch: AnyArch, flat: torch.Tensor) -> torch.Tensor:
-    """``[M]``: the dead units :func:`dead_units_` finds, ``flat`` unchanged (0 for a
-    conv arch, as there)."""
+    """``[M]``: the dead units :func:`dead_units_` finds, ``flat`` unchanged."""
     if not isinstance(arch, ArchSpec):
-        return torch.zeros(flat.shape[0], dtype=torch.int64)
+        return _dead_channels_(arch, flat, change=False)
     if not has_zero_weight(arch.unflatten(flat)):
         return torch.zeros(flat.shape[0], dtype=torch.int64)
     return dead_units_(arch, flat.to(torch.float64, copy=True).contiguous())
