@@ -427,19 +427,35 @@ def test_l2_scaling_sums_kernels_over_their_spatial_elements():
     )
 
 
-def test_weight_matching_refuses_grouped_convs():
+@pytest.mark.parametrize("name", ["optunet", "cifar_small", CUSTOM[0], CUSTOM[2], CUSTOM[3]])
+def test_weight_matching_recovers_a_permuted_copy(name):
+    """Grouped convs included: a copy moved by a random permutation the arch allows
+    (units within their groups, whole groups with what they feed) is aligned back to
+    the reference exactly."""
     from bnnctl.symmetry.matching import weight_match
 
-    arch = parse_arch("optunet")
-    theta = torch.stack([arch.init(torch.Generator().manual_seed(i)) for i in range(2)])
-    with pytest.raises(UsageError, match="grouped"):
-        weight_match(arch, theta, theta[0])
-    arch2 = parse_arch("cifar_small")
-    theta2 = arch2.init(torch.Generator().manual_seed(4)).double().unsqueeze(0)
-    moved = theta2.clone()
-    gen = torch.Generator().manual_seed(9)
-    for g in arch2.unit_groups():
-        permute_(arch2.views(moved), g, random_perm(g, 1, gen))
-    assert not torch.equal(moved, theta2)
-    aligned, _, _ = weight_match(arch2, moved, theta2[0])
-    assert torch.equal(aligned, theta2)
+    arch = parse_arch(name)
+    gen = torch.Generator().manual_seed(4)
+    theta = arch.init(gen).double().unsqueeze(0)
+    moved = theta.expand(3, -1).clone()
+    for g in arch.unit_groups():
+        permute_(arch.views(moved), g, random_perm(g, 3, gen))
+    assert not torch.equal(moved, theta.expand(3, -1))
+    aligned, _, _ = weight_match(arch, moved, theta[0])
+    assert torch.equal(aligned, theta.expand(3, -1))
+
+
+@pytest.mark.parametrize("name", ["optunet", CUSTOM[0]])
+def test_weight_matching_of_grouped_convs_keeps_the_function(name):
+    """Aligning a different model (not a permuted copy) moves it within its symmetry
+    group: the same outputs."""
+    from bnnctl.symmetry.matching import weight_match
+
+    arch = parse_arch(name)
+    gen = torch.Generator().manual_seed(5)
+    ref = arch.init(gen).double()
+    other = torch.stack([arch.init(gen) for _ in range(4)]).double()
+    x = torch.randn(6, *arch.input, generator=gen, dtype=torch.float64)
+    aligned, _, _ = weight_match(arch, other, ref)
+    assert close(arch.forward(aligned, x.flatten(1)), arch.forward(other, x.flatten(1)), 1e-9)
+    assert not torch.equal(aligned, other)  # it did move them

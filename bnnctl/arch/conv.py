@@ -50,9 +50,9 @@ ungrouped and the conv's outputs are hidden and feed an ungrouped layer (otherwi
 blocks stay in place: a subgroup of the true symmetries, so canonical forms stay
 correct but remove less). The arch's ``symmetries`` are those every hidden layer has.
 
-Limits of this first stage: dead conv channels (all-zero kernels) are not folded into
-the next layer (see :func:`bnnctl.symmetry.scaling.dead_units_`); weight matching
-refuses grouped convs; ``forward`` has no hand-written backward (autograd through it).
+Limits: a channel with zero kernels but a bias (a constant map) keeps its own form (see
+:func:`bnnctl.symmetry.scaling.dead_units_`); ``forward`` has no hand-written backward
+(autograd through it).
 
 Dropout
 -------

@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bnnctl.arch import AnyArch
-from bnnctl.errors import UsageError
+from bnnctl.arch import AnyArch, UnitGroup
 from bnnctl.symmetry.action import pair_rows, permute_, tensor_sum
 
 ALIGN_MAX_ITER = 100
@@ -24,14 +23,15 @@ def weight_match(
     index, with the other layers fixed, is a linear assignment problem
     (``scipy.optimize.linear_sum_assignment``). Sweeps repeat until no layer changes
     (a fixed point) or ``max_iter``, after a first forward pass that matches each
-    layer on its incoming weights alone. Returns aligned params (float64 copy), the
-    permutations relative to the input, and the sweeps used."""
+    layer on its incoming weights alone. A layer in blocks (a grouped convolution) is
+    matched within the permutations it allows (:func:`block_assignment`). Returns
+    aligned params (float64 copy), the permutations relative to the input (of each
+    group's own units: those a block move carries in another group are not tracked),
+    and the sweeps used."""
     from scipy.optimize import linear_sum_assignment
 
     x = flat.to(torch.float64, copy=True).contiguous()
     m, groups = x.shape[0], arch.unit_groups()
-    if any(g.blocks > 1 for g in groups):  # an assignment would move units across blocks
-        raise UsageError(f"weight matching of {arch.name} (grouped convolutions) is not supported")
     v = arch.views(x)
     rv = arch.views(ref.to(torch.float64).reshape(1, -1).contiguous())
     total = [torch.arange(g.size).expand(m, -1).clone() for g in groups]
@@ -45,7 +45,19 @@ def weight_match(
                 torch.matmul(pair_rows(rv, g, n, a), pair_rows(v, g, n, a).transpose(1, 2))
                 for n, a in pairs
             ).numpy()  # [M, n_ref, n_model]
-            perm = np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost])
+            if g.blocks == 1:
+                perm = np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost])
+            else:
+                # what a block carries counts once the next layer is matched (sweep 1 on)
+                moved = carried_cost(rv, v, g) if sweep > 0 and g.block_moves and g.carried else None
+                perm = np.stack(
+                    [
+                        block_assignment(
+                            cost[k], g.blocks, g.block_moves, None if moved is None else moved[k]
+                        )
+                        for k in range(m)
+                    ]
+                )
             if (perm != np.arange(g.size)).any():
                 changed = True
                 p = torch.from_numpy(perm)
@@ -54,3 +66,45 @@ def weight_match(
         if not changed and sweep > 0:
             return x, total, sweep
     return x, total, max_iter
+
+
+def block_assignment(
+    cost: np.ndarray, blocks: int, moves: bool, carried: np.ndarray | None = None
+) -> np.ndarray:
+    """The permutation maximising ``Σ_i cost[i, perm[i]]`` among those a layer in
+    ``blocks`` equal blocks allows: each unit stays in its block, or (``moves``) whole
+    blocks move too, each block move also scoring ``carried[B, B']`` (what moving model
+    block B' to B carries along). Exact: the best within-block assignment of every pair of
+    blocks, then the best assignment of blocks to blocks on those scores."""
+    from scipy.optimize import linear_sum_assignment
+
+    bs = cost.shape[0] // blocks
+    inner = np.empty((blocks, blocks, bs), dtype=np.int64)
+    score = np.zeros((blocks, blocks))
+    for a in range(blocks):
+        for b in range(blocks) if moves else [a]:
+            sub = cost[a * bs : (a + 1) * bs, b * bs : (b + 1) * bs]
+            rows, cols = linear_sum_assignment(sub, maximize=True)
+            inner[a, b] = cols
+            score[a, b] = sub[rows, cols].sum()
+    if carried is not None:
+        score = score + carried
+    to = linear_sum_assignment(score, maximize=True)[1] if moves else np.arange(blocks)
+    return np.concatenate([to[a] * bs + inner[a, to[a]] for a in range(blocks)])
+
+
+def carried_cost(
+    rv: dict[str, torch.Tensor], v: dict[str, torch.Tensor], g: UnitGroup
+) -> np.ndarray:
+    """``[M, blocks, blocks]``: the inner product of the reference's block ``B`` with the
+    model's block ``B'`` of every tensor a block move of ``g`` carries."""
+
+    def rows(t: torch.Tensor, axis: int) -> torch.Tensor:  # [M, blocks, rest]
+        t = t.movedim(axis + 1, 1)
+        return t.reshape(t.shape[0], g.blocks, -1)
+
+    parts = [
+        torch.matmul(rows(rv[name], axis), rows(v[name], axis).transpose(1, 2))
+        for name, axis in g.carried
+    ]
+    return tensor_sum(parts).numpy()
