@@ -80,6 +80,10 @@ def test_optunet_trains_on_digits28_out_of_the_box(tmp_path):
     assert list(man["arch_name"]) == ["optunet", "optunet"] and (man["dataset"] == "digits28").all()
 
 
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
 def _with_dead_channels(arch, seed: int, edit) -> torch.Tensor:
     """A random model of ``arch`` (float64 [1, P]) with ``edit(views, generator)`` applied."""
     g = torch.Generator().manual_seed(seed)
@@ -124,8 +128,7 @@ def test_dead_conv_channels_have_one_canonical_form(spec, edit, dead_at_least):
 
     arch = parse_arch(spec)
     t = make_transform(arch, ["perm", "scale"])
-    a, b = (_with_dead_channels(arch, 0, lambda v, g, s=s: edit(v, torch.Generator().manual_seed(s)))
-            for s in (1, 2))  # fmt: skip
+    a, b = (_with_dead_channels(arch, 0, lambda v, g, s=s: edit(v, _gen(s))) for s in (1, 2))
     x = torch.rand(
         16, arch.n_inputs, dtype=torch.float64, generator=torch.Generator().manual_seed(3)
     )

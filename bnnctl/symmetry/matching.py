@@ -49,7 +49,8 @@ def weight_match(
                 perm = np.stack([linear_sum_assignment(c, maximize=True)[1] for c in cost])
             else:
                 # what a block carries counts once the next layer is matched (sweep 1 on)
-                moved = carried_cost(rv, v, g) if sweep > 0 and g.block_moves and g.carried else None
+                carries = sweep > 0 and g.block_moves and g.carried
+                moved = carried_cost(rv, v, g) if carries else None
                 perm = np.stack(
                     [
                         block_assignment(
