@@ -17,6 +17,36 @@ else:
 ID = "R2"
 TITLE = "Excess L2 mass over the scaling minimum (digits MLP by weight decay; OptuNet)"
 WEIGHT_DECAYS = (0.0, 1e-4, 1e-3, 1e-2)
+#: OptuNets under this test accuracy did not learn on the small stand-in (the paper's
+#: release keeps only runs that did, 75-85 % on MNIST): reported apart.
+LEARNED_ACC = 0.5
+
+
+def excess_pct(canon: pd.DataFrame) -> np.ndarray:
+    """100 (L2 before / L2 after - 1) of canonical rows."""
+    before = canon["l2_mass_before"].to_numpy(float)
+    return 100.0 * (before / canon["l2_mass_after"].to_numpy(float) - 1.0)
+
+
+def summary_row(name: str, dataset: str, wd: float, canon: pd.DataFrame) -> dict:
+    e = excess_pct(canon)
+    q25, med, q75 = np.percentile(e, [25, 50, 75])
+    return {
+        "population": name,
+        "dataset": dataset,
+        "weight_decay": wd,
+        "n_models": len(e),
+        "excess_pct_median": med,
+        "excess_pct_q25": q25,
+        "excess_pct_q75": q75,
+        "excess_pct_iqr": q75 - q25,
+        "excess_pct_min": float(e.min()),
+        "excess_pct_max": float(e.max()),
+        "l2_mass_before_median": float(canon["l2_mass_before"].median()),
+        "l2_mass_after_median": float(canon["l2_mass_after"].median()),
+        "test_acc_median": float(canon["test_acc"].median()),
+        "max_logit_diff": float(canon["max_logit_diff"].max()),
+    }
 
 
 def run(ctx: common.Ctx) -> pd.DataFrame:
@@ -38,7 +68,7 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
         **({"schedule": "step", "lr_milestones": milestones, "lr_gamma": 0.5}
            if milestones else {}),
     )  # fmt: skip
-    runs.append(("optunet", "optunet 2e-4", load_dataset("digits28"), parse_arch("optunet"),
+    runs.append(("optunet", "optunet", load_dataset("digits28"), parse_arch("optunet"),
                  recipe, n_conv))  # fmt: skip
     excess: dict[str, np.ndarray] = {}
     rows = []
@@ -46,37 +76,25 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
         ctx.log(f"training {k} x {pop} on {data.name}, {cfg.optimizer} {cfg.lr:g}, "
                 f"{cfg.epochs} epochs, wd {cfg.weight_decay:g}")  # fmt: skip
         res = train(store, data, cfg, seeds=range(k), arch=arch, population=pop)
-        c = canonicalize(store, res.rows)  # default: perm + scale to the L2 minimum
-        canon = c.canonical
-        before = canon["l2_mass_before"].to_numpy(float)
-        after = canon["l2_mass_after"].to_numpy(float)
-        e = 100.0 * (before / after - 1.0)
-        excess[label] = e
-        q25, med, q75 = np.percentile(e, [25, 50, 75])
-        rows.append(
-            {
-                "arch": res.rows["arch_name"].iloc[0],
-                "dataset": data.name,
-                "weight_decay": cfg.weight_decay,
-                "n_models": len(e),
-                "excess_pct_median": med,
-                "excess_pct_q25": q25,
-                "excess_pct_q75": q75,
-                "excess_pct_iqr": q75 - q25,
-                "excess_pct_min": float(e.min()),
-                "excess_pct_max": float(e.max()),
-                "l2_mass_before_median": float(np.median(before)),
-                "l2_mass_after_median": float(np.median(after)),
-                "test_acc_median": float(res.rows["test_acc"].median()),
-                "max_logit_diff": float(canon["max_logit_diff"].max()),
-            }
-        )
+        canon = canonicalize(store, res.rows).canonical  # perm + scale to the L2 minimum
+        parts = [(label, canon)]
+        if arch is not None:  # OptuNet: those that learned, apart from those that did not
+            learned = canon["test_acc"] >= LEARNED_ACC
+            parts = [
+                (f"{label} acc>={LEARNED_ACC:g}", canon[learned]),
+                (f"{label} acc<{LEARNED_ACC:g}", canon[~learned]),
+            ]
+        for name, part in parts:
+            if len(part):
+                excess[name] = excess_pct(part)
+                rows.append(summary_row(name, data.name, cfg.weight_decay, part))
     table = pd.DataFrame(rows)
     ctx.note(
         f"MLP rows: the digits default, Adam lr 1e-3, batch 128, {epochs} epochs, {n} seeds "
-        "per weight decay (torch's coupled L2 on the mean loss). OptuNet row: "
+        "per weight decay (torch's coupled L2 on the mean loss). OptuNet rows: "
         f"{n_conv} seeds on digits28 (a stand-in for MNIST), SGD lr 0.04, weight decay "
-        f"2e-4, batch 64, {conv_epochs} epochs, x0.5 at epochs {milestones or 'none'}."
+        f"2e-4, batch 64, {conv_epochs} epochs, x0.5 at epochs {milestones or 'none'}; "
+        f"split at test accuracy {LEARNED_ACC:g} (the small stand-in leaves many at chance)."
     )
     ctx.note(
         "excess % = 100 (L2 before / L2 after - 1), weights only (biases not counted), "
