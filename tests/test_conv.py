@@ -459,3 +459,44 @@ def test_weight_matching_of_grouped_convs_keeps_the_function(name):
     aligned, _, _ = weight_match(arch, other, ref)
     assert close(arch.forward(aligned, x.flatten(1)), arch.forward(other, x.flatten(1)), 1e-9)
     assert not torch.equal(aligned, other)  # it did move them
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    blocks=st.integers(1, 3),
+    size=st.integers(1, 3),
+    moves=st.booleans(),
+    carried=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_block_assignment_is_the_best_allowed_permutation(blocks, size, moves, carried, seed):
+    """Against brute force over every permutation a layer in blocks allows: units within
+    their block, and whole blocks when they may move (each block move also scoring what
+    the block carries)."""
+    import itertools
+
+    import numpy as np
+
+    from bnnctl.symmetry.matching import block_assignment
+
+    assume(blocks * size <= 6)  # brute force over at most 720 permutations
+    rng = np.random.default_rng(seed)
+    n = blocks * size
+    cost = rng.normal(size=(n, n))
+    carry = rng.normal(size=(blocks, blocks)) if carried and moves else None
+    perm = block_assignment(cost, blocks, moves, carry)
+
+    def score(p) -> float:
+        s = cost[np.arange(n), p].sum()
+        if carry is not None:
+            s += sum(carry[b, p[b * size] // size] for b in range(blocks))
+        return float(s)
+
+    allowed = [
+        p
+        for p in map(np.array, itertools.permutations(range(n)))
+        if all(len({int(p[b * size + i]) // size for i in range(size)}) == 1 for b in range(blocks))
+        and (moves or all(int(p[b * size]) // size == b for b in range(blocks)))
+    ]
+    assert any(np.array_equal(perm, p) for p in allowed)  # it is allowed
+    assert score(perm) >= max(map(score, allowed)) - 1e-9  # and no allowed one beats it
