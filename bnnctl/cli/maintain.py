@@ -71,7 +71,8 @@ def gc_cmd(
     quiet: QuietOpt = False,
 ) -> None:
     """Remove params arrays that no committed row names (left by interrupted or losing
-    writers) and zarr .partial leftovers; prints each path on stdout.
+    writers), zarr .partial leftovers, and the claims of populations that never got a
+    row; prints each path on stdout.
 
     Example: bnnctl gc --store runs.zarr --dry-run
     """

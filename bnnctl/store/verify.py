@@ -260,7 +260,8 @@ def orphan_arrays(store: Store) -> list[str]:
 def gc(store: Store, grace_seconds: float = 3600.0, dry_run: bool = False) -> list[str]:
     """Remove what no committed row needs and no running writer can still be filling:
     params arrays no manifest row names and zarr ``*.partial`` leftovers, untouched for
-    ``grace_seconds``. Returns the removed paths (or those it would remove)."""
+    ``grace_seconds``, and population claims with no committed row as old
+    (:mod:`bnnctl.store.claims`). Returns the removed paths (or those it would remove)."""
     if not grace_seconds >= 0:
         raise UsageError(f"`grace_seconds` must be >= 0, got {grace_seconds}", "grace_seconds")
     root = store.root.rstrip("/")
