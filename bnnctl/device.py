@@ -64,3 +64,13 @@ def resolve(spec: str | torch.device | None = "auto") -> torch.device:
             "device",
         )
     return torch.device("cuda", index)
+
+
+def describe(device: torch.device) -> str:
+    """The device as rows record it (column ``device``): ``cpu``, or ``cuda:0 (NVIDIA
+    H100 80GB HBM3)``: results computed on different devices may differ in the last bits."""
+    import torch
+
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)

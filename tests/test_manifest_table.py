@@ -185,8 +185,9 @@ def test_two_canonicalize_runs_at_once_write_each_canonical_row_once(store_copy)
 
 
 def test_a_manifest_written_before_a_column_was_added_reads_and_grows_it(tmp_path):
-    """``source`` joined the schema after format 2: a table without it reads as null, and
-    the next commit adds the column (null in the older rows) without losing a row."""
+    """``source`` joined the schema after format 2 (as ``device`` did): a table without it
+    reads it as null, and the next commit adds it (null in the older rows) without losing
+    a row. (The rewrite drops a column that is null in every row, so no row changes.)"""
     from deltalake import write_deltalake
 
     from bnnctl import ArchSpec, TrainConfig, load_dataset, train
@@ -203,3 +204,4 @@ def test_a_manifest_written_before_a_column_was_added_reads_and_grows_it(tmp_pat
     assert "source" in DeltaTable(str(url / "manifest")).schema().to_arrow().names
     st = Store.open(url)
     assert sorted(st.manifest()["seed"]) == list(range(8)) and st.verify() == []
+    assert (st.manifest()["device"] == "cpu").all()  # training's device, on every row

@@ -464,9 +464,10 @@ def check_block(
     metrics = {k: v.double().numpy() for k, v in evaluate(lik, res.outputs, y).items()}
     ties = report_near_ties(g, res.params) if report_ties else None
     wall = (time.perf_counter() - t0) / len(chunk)
-    spec = g.transform.to_json(g.arch)
+    spec, on = g.transform.to_json(g.arch), devmod.describe(x.device)
     rows = [
-        _row(g, src, spec, res, j, metrics, wall) for j, src in enumerate(chunk.to_dict("records"))
+        _row(g, src, spec, res, j, metrics, wall, on)
+        for j, src in enumerate(chunk.to_dict("records"))
     ]
     return Checked(g, chunk, res.params, rows, ties)
 
@@ -719,7 +720,14 @@ def _block_name(g: Group, chunk: pd.DataFrame) -> str:
 
 
 def _row(
-    g: Group, src: dict, spec: str, res: BlockResult, j: int, metrics: dict, wall: float
+    g: Group,
+    src: dict,
+    spec: str,
+    res: BlockResult,
+    j: int,
+    metrics: dict,
+    wall: float,
+    device: str,
 ) -> dict:
     row = {k: _py(src.get(k)) for k in INHERITED}
     row.update(
@@ -735,6 +743,7 @@ def _row(
             "l2_mass_before": float(res.mass_before[j]),
             "l2_mass_after": float(res.mass_after[j]),
             "wall_time_s": wall,
+            "device": device,  # where the check ran
             **{f"test_{k}": float(v[j]) for k, v in metrics.items()},
         }
     )

@@ -482,6 +482,7 @@ def _commit(store, todo, arch, dtype, ds, name, config, data_path, dev) -> pd.Da
             **popmod.data_columns(ds, data_path),
             "parent_id": None,
             "source": label,  # the file (or archive member) the row was read from
+            "device": devmod.describe(dev),  # where it was evaluated
             "config_sha256": config,
             **{k: float(v[i]) for k, v in metrics.items()},
         }

@@ -601,6 +601,7 @@ def _segment(
     fitted = getattr(state, "prior_var", None)  # laplace_ll fits 1/δ per chain
     for r in rows:
         r["wall_time_s"] = (time.perf_counter() - t0) / len(rows)
+        r["device"] = devmod.describe(state.params.device)
         if fitted is not None and len(fitted):
             r["prior_var"] = float(fitted[r["chain"] - c0])
     _save(store, plan, chains, state, k1)

@@ -403,6 +403,7 @@ def trained_block(
                 "config_sha256": pop.sha256,
                 **cfg,
                 "epochs": int(trained[i]),  # fewer than configured if stopped early
+                "device": devmod.describe(dev),
                 "wall_time_s": wall,
                 "train_loss": float(train_loss[i]),
                 **{k: float(v[i]) for k, v in metrics.items()},

@@ -24,7 +24,7 @@ ARROW = {
 KINDS = ("train", "sample", "canonical", "import")
 #: Columns added after format 2 was set: a table written before one was added lacks it,
 #: read as null (and gains it at its next commit). Any other missing column is damage.
-ADDED_COLUMNS = ("source",)
+ADDED_COLUMNS = ("source", "device")
 
 # name, type, required (non-null for every row), description
 COLUMNS: list[tuple[str, str, bool, str]] = [
@@ -89,6 +89,14 @@ COLUMNS: list[tuple[str, str, bool, str]] = [
         False,
         "Learning-rate schedule: constant | cosine | step, or step@MILESTONESxGAMMA "
         "(e.g. step@15,30x0.5).",
+    ),
+    (
+        "device",
+        S,
+        False,
+        "Where the row's arithmetic ran (training, sampling, the canonical check, the "
+        "import's evaluation): cpu, or cuda:N with the GPU's name. Rows computed on "
+        "different devices may differ in the last bits.",
     ),
     ("wall_time_s", F, False, "Wall time of the block this row was made in, divided by its rows."),
     # metrics (final weights as stored)
