@@ -175,3 +175,24 @@ def test_gpu_out_of_memory_is_an_environment_error():
     assert isinstance(known, EnvironmentFault) and known.exit_code == 3
     assert "out of GPU memory" in str(known) and "--block-size" in str(known)
     assert as_known_error(RuntimeError("a bug")) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="auto is the GPU there")
+def test_cli_device_cpu_is_the_default_path_here(tmp_path):
+    """Without a GPU, --device auto is the CPU: the same weights as --device cpu, and each
+    row says where it ran."""
+    from typer.testing import CliRunner
+
+    from bnnctl import Store
+    from bnnctl.cli import app
+
+    tiny = ["train", "--dataset", "moons", "--arch", "mlp:2-4-2", "--epochs", "2", "--seeds", "3"]
+    hashes = []
+    for flag in ([], ["--device", "cpu"]):
+        url = str(tmp_path / f"s{len(hashes)}.zarr")
+        r = CliRunner().invoke(app, [*tiny, *flag, "--store", url, "--quiet"])
+        assert r.exit_code == 0, r.output
+        df = Store.open(url).manifest().sort_values("seed")
+        assert (df["device"] == "cpu").all()
+        hashes.append(list(df["sha256"]))
+    assert hashes[0] == hashes[1]
