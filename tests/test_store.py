@@ -273,3 +273,23 @@ def test_schema_mask_flags_every_row_the_json_schema_rejects(trained_store, edit
         rec["created_at"] = rec["created_at"].isoformat() if rec["created_at"] else None
         if any(True for _ in validator.iter_errors(rec)):
             assert flagged, rec
+
+
+def test_put_dataset_tolerates_a_concurrent_or_crashed_writer(tmp_path):
+    """Two writers storing the same dataset at once (the race a CI run caught: the second
+    found the group the first had just created), and a copy a crashed writer left half
+    done, both end as the dataset, marked complete."""
+    from bnnctl import load_dataset
+
+    ds = load_dataset("moons")
+    st = Store.open(tmp_path / "s.zarr", create=True)
+    path = f"data/{ds.sha256[:16]}"
+    # the other writer got as far as the group and x_train (complete), no mark yet
+    g = st.group.require_group(path)
+    g.create_array(name="x_train", data=ds.x_train, chunks=ds.x_train.shape)
+    # and a crashed one left y_test with the wrong values
+    g.create_array(name="y_test", data=ds.y_test + 1, chunks=ds.y_test.shape)
+    assert Store.open(tmp_path / "s.zarr").put_dataset(ds) == path
+    back = Store.open(tmp_path / "s.zarr").load_data(path)
+    assert back.sha256 == ds.sha256
+    assert zarr.open_group(str(tmp_path / "s.zarr" / path), mode="r").attrs["sha256"] == ds.sha256

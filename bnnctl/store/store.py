@@ -503,21 +503,41 @@ class Store:
         if self._complete_data(path, ds.sha256):
             return path
         from zarr.codecs import ZstdCodec
+        from zarr.errors import ContainsArrayError, ContainsGroupError
 
-        g = self.group.require_group(path)
+        try:
+            g = self.group.require_group(path)
+        except ContainsGroupError:  # another writer created it between the check and here
+            g = cast("zarr.Group", self.group[path])
         for key, a in ds.arrays().items():
             if ds.image_shape is not None and key.startswith("x"):
                 a = a.reshape(len(a), *ds.image_shape)  # images as [N, C, H, W]
-            g.create_array(
-                name=key,
-                data=a,
-                chunks=a.shape,
-                compressors=ZstdCodec(level=DATA_ZSTD_LEVEL),
-                overwrite=True,
-            )
+            for overwrite in (False, True):
+                try:
+                    g.create_array(
+                        name=key,
+                        data=a,
+                        chunks=a.shape,
+                        compressors=ZstdCodec(level=DATA_ZSTD_LEVEL),
+                        overwrite=overwrite,
+                    )
+                    break
+                except ContainsArrayError:  # another writer's (or a crashed one's) copy
+                    if self._same_array(g, key, a):
+                        break  # the same content: kept as it is
         g.attrs.update({"name": ds.name, "task": ds.task})
         g.attrs["sha256"] = ds.sha256  # written last: marks the data complete
         return path
+
+    @staticmethod
+    def _same_array(g: zarr.Group, key: str, a: np.ndarray) -> bool:
+        """Whether ``g[key]`` already holds exactly ``a`` (written by a concurrent writer
+        of the same dataset; a copy cut short by a crash does not)."""
+        try:
+            have = np.asarray(cast("zarr.Array", g[key])[:])
+        except Exception:  # noqa: BLE001 (missing chunk, half-written metadata: not the same)
+            return False
+        return bool(have.shape == a.shape and have.dtype == a.dtype and np.array_equal(have, a))
 
     def _complete_data(self, path: str, sha: str) -> bool:
         try:
