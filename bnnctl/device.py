@@ -35,6 +35,13 @@ def parse(spec: str | torch.device | None) -> str:
     return text
 
 
+def checked(spec: str | torch.device | None, scheduled: bool) -> str:
+    """The device a run hands to where it computes, checked before any work: resolved
+    here (a GPU torch does not see is refused now), or, for Dask workers that resolve it
+    themselves (``scheduled``), checked for form only."""
+    return parse(spec) if scheduled else str(resolve(spec))
+
+
 def resolve(spec: str | torch.device | None = "auto") -> torch.device:
     """The device ``spec`` names: ``auto`` is the first GPU torch sees, else the CPU;
     ``cuda[:N]`` is refused (exit 3) when torch sees no such GPU, and anything else is a

@@ -28,6 +28,7 @@ import tempfile
 import time
 
 import torch
+from bench_train import plain_loop, sync  # scripts/bench_train.py
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
 from bnnctl.arch import parse_arch
@@ -36,37 +37,6 @@ from bnnctl.engines.canonicalize import canonicalize
 from bnnctl.engines.sample import sample
 from bnnctl.samplers import SamplerConfig
 from bnnctl.testing.images import synthetic_images
-
-
-def sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-
-
-def plain_mlp(widths: tuple[int, ...], cfg: TrainConfig, ds, n: int, dev: torch.device) -> float:
-    """Models/s of one nn.Module + fused Adam at a time on ``dev`` (after a warm-up)."""
-    x, y = torch.from_numpy(ds.x_train).to(dev), torch.from_numpy(ds.y_train).to(dev)
-    t0 = time.perf_counter()
-    for seed in range(-1, n):
-        if seed == 0:
-            sync(dev)
-            t0 = time.perf_counter()
-        torch.manual_seed(seed)
-        layers: list[torch.nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=False)):
-            layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < len(widths) - 2 else [])
-        net = torch.nn.Sequential(*layers).to(dev)
-        opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
-        for _ in range(cfg.epochs):
-            order = torch.randperm(len(x), device=dev)
-            for s in range(0, len(x), cfg.batch_size):
-                idx = order[s : s + cfg.batch_size]
-                loss = torch.nn.functional.cross_entropy(net(x[idx]), y[idx])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    sync(dev)
-    return n / (time.perf_counter() - t0)
 
 
 def timed(dev: torch.device, fn):
@@ -111,7 +81,7 @@ def main() -> None:
 
         # 1. MLPs in one block
         cfg = TrainConfig(epochs=a.epochs)
-        plain = plain_mlp(widths, cfg, digits, a.plain_models, dev)
+        plain = plain_loop(ArchSpec(widths), cfg, digits, a.plain_models, dev)
         res, wall = timed(
             dev,
             lambda: train(

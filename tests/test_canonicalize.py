@@ -23,6 +23,7 @@ from bnnctl.engines.canonicalize import canonicalize
 from bnnctl.errors import CheckError
 from bnnctl.symmetry.modes import count_modes
 from bnnctl.testing.reference import outputs as nn_outputs
+from bnnctl.testing.stores import commit_imported
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -183,27 +184,6 @@ def test_cli_report_and_formats(store_copy):
     assert "Example: bnnctl canonicalize" in runner.invoke(app, ["canonicalize", "--help"]).stdout
 
 
-def _with_block(path: Path, name: str, params: np.ndarray, arch: ArchSpec, **extra) -> None:
-    st = Store.open(path)
-    base = st.manifest().iloc[0].to_dict()
-    rows = [
-        {
-            "model_id": f"{name}.{i}",
-            "kind": "import",
-            "method": "import",
-            "population": name,
-            "dataset": base["dataset"],
-            "task": base["task"],
-            "data": base["data"],
-            "data_sha256": base["data_sha256"],
-            "config_sha256": "0" * 64,
-            **extra,
-        }
-        for i in range(len(params))
-    ]
-    st.commit_block(f"params/{name}/b0", params, "float32", arch, rows)
-
-
 @pytest.mark.parametrize(
     ("setup", "args", "code", "msg"),
     [
@@ -232,17 +212,17 @@ def test_bad_input_is_one_line_and_leaves_the_store_untouched(store_copy, setup,
     rng = np.random.default_rng(0)
     if setup == "tanh":
         arch = ArchSpec((64, 8, 10), "tanh")
-        _with_block(
+        commit_imported(
             store_copy, "tanhpop", rng.normal(size=(2, arch.n_params)).astype(np.float32), arch
         )
     elif setup == "nan":
         arch = ArchSpec((64, 32, 32, 10))
         p = rng.normal(size=(2, arch.n_params)).astype(np.float32)
         p[1, 5] = np.nan
-        _with_block(store_copy, "nanpop", p, arch)
+        commit_imported(store_copy, "nanpop", p, arch)
     elif setup == "other":
         arch = ArchSpec((64, 16, 10))
-        _with_block(
+        commit_imported(
             store_copy, "other", rng.normal(size=(1, arch.n_params)).astype(np.float32), arch
         )
     before = snapshot(store_copy)

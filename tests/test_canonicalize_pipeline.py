@@ -18,6 +18,7 @@ from bnnctl import ArchSpec, Store, TrainConfig, train
 from bnnctl.errors import CheckError, DataError, StoreError
 from bnnctl.symmetry.action import take
 from bnnctl.symmetry.modes import count_modes
+from bnnctl.testing.stores import commit_imported
 
 #: manifest columns of canonical rows that must not depend on the path (all but times)
 SAME = [
@@ -52,7 +53,7 @@ def zoo(tmp_path_factory, digits):
     w["0.weight"][:, 1] = w["0.weight"][:, 0]
     w["0.bias"][:, 1] = w["0.bias"][:, 0]
     w["2.weight"][:, :, 1] = w["2.weight"][:, :, 0]
-    _import(path, "c", p, arch)
+    commit_imported(path, "c", p, arch)
     return path
 
 
@@ -205,28 +206,7 @@ def _add_nan_population(path) -> None:
     arch = ArchSpec((64, 6, 10))
     p = np.random.default_rng(0).normal(size=(2, arch.n_params)).astype(np.float32)
     p[1, 3] = np.nan
-    _import(path, "zz", p, arch)
-
-
-def _import(path, name: str, params: np.ndarray, arch: ArchSpec) -> None:
-    """Commit ``params`` as imported models ``name.0``, ... on the store's digits data."""
-    st = Store.open(path)
-    base = st.manifest().iloc[0].to_dict()
-    rows = [
-        {
-            "model_id": f"{name}.{i}",
-            "kind": "import",
-            "method": "import",
-            "population": name,
-            "dataset": base["dataset"],
-            "task": base["task"],
-            "data": base["data"],
-            "data_sha256": base["data_sha256"],
-            "config_sha256": "0" * 64,
-        }
-        for i in range(len(params))
-    ]
-    st.commit_block(f"params/{name}/b0", params, "float32", arch, rows)
+    commit_imported(path, "zz", p, arch)
 
 
 # --- the helpers made faster ----------------------------------------------------------

@@ -118,10 +118,10 @@ def test_training_runs_on_the_device(ds, arch, cfg, seeds):
     pop = trainmod.make_population(data, cfg, arch)
     train = trainmod.train_conv_models if hasattr(arch, "layers") else trainmod.train_mlp_models
     with OneDevice() as guard:
-        params, loss, _ = train(pop, arch, seeds, None, META)
+        params, stopper = train(pop, arch, seeds, None, META)
     assert guard.mixed == []
     assert params.device == META and params.shape == (len(seeds), arch.n_params)
-    assert loss.device == META
+    assert stopper.loss.device == META
     x, y = (torch.from_numpy(a).to(META) for a in (data.x_test, data.y_test))
     metrics = evaluate(for_task(data.task), outputs(arch, params, x), y)
     assert {v.device for v in metrics.values()} == {META}

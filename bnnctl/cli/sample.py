@@ -120,12 +120,12 @@ def sample_cmd(
 
     Example: bnnctl sample --method hmc --chains 8 --samples 200 --burn-in 50 --prior-var 0.2
     """
-    from bnnctl.device import parse, resolve
+    from bnnctl.device import checked
     from bnnctl.engines.sample import make_plan, run_plan
     from bnnctl.scheduler import require
 
     # before make_plan creates a store
-    dev = parse(device) if require(scheduler) is not None else str(resolve(device))
+    dev = checked(device, require(scheduler) is not None)
 
     cfg = SamplerConfig(
         method.value,

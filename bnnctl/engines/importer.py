@@ -420,7 +420,7 @@ def import_folder(
             "needs another `population`"
         )
 
-    popmod.existing_rows(store, name, config, describe)
+    popmod.claim_population(store, name, config, describe)
     done = set(store.manifest()["model_id"])
     todo = [
         (f"{name}.{c.stem}", c.label, p)

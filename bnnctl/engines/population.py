@@ -70,14 +70,14 @@ def data_columns(dataset: Dataset, data_path: str | None) -> dict[str, str | Non
     }
 
 
-def existing_rows(
+def claim_population(
     store: Store, name: str, config_digest: str, describe: Callable[[pd.Series], str]
 ) -> pd.DataFrame:
-    """The population's committed rows; a :class:`ConflictError` (worded by
-    ``describe(row)``) when any of them was made with another configuration. Then claims
-    the population for ``config_digest`` (:mod:`bnnctl.store.claims`), refusing it when
-    a concurrent writer with another configuration claimed it first (before either
-    committed a row)."""
+    """Claim population ``name`` for a writer of configuration ``config_digest`` and
+    return its committed rows: a :class:`ConflictError` (worded by ``describe(row)``)
+    when any row was made with another configuration, or when a concurrent writer of
+    another configuration claimed it first, before either committed a row
+    (:mod:`bnnctl.store.claims`)."""
     from bnnctl.store import claims
 
     mine = store.population(name)

@@ -248,7 +248,7 @@ def committed_blocks(store: Store, plan: Plan) -> dict[range, list[int]]:
             "arguments to resume, or pass another `population` NAME for a new population"
         )
 
-    mine = popmod.existing_rows(store, plan.population, plan.sha256, describe)
+    mine = popmod.claim_population(store, plan.population, plan.sha256, describe)
     out: dict[range, set[int]] = {}
     for a in mine["array"]:
         out.setdefault(chain_block_of(a, plan.chains), set()).add(_segment_of(a))
@@ -330,7 +330,7 @@ def sample(
     workers (:func:`run_plan`); ``device`` is where the chains run
     (:mod:`bnnctl.device`; Dask workers resolve it themselves)."""
     sched = schedmod.require(scheduler)  # checked before anything is written
-    dev = devmod.parse(device) if sched is not None else str(devmod.resolve(device))
+    dev = devmod.checked(device, sched is not None)
     store, plan = make_plan(
         store, config, samples, chains, dataset, arch, start, population, segment, seed
     )

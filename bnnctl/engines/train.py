@@ -121,11 +121,11 @@ def train_models_epochs(
     ``config.epochs`` for a model stopped by the early-stop rule)."""
     dev = devmod.resolve(device)
     if isinstance(pop.arch, ConvSpec):
-        params, loss, stopper = train_conv_models(pop, pop.arch, seeds, on_epoch, dev)
+        params, stopper = train_conv_models(pop, pop.arch, seeds, on_epoch, dev)
     else:
-        params, loss, stopper = train_mlp_models(pop, pop.arch, seeds, on_epoch, dev)
+        params, stopper = train_mlp_models(pop, pop.arch, seeds, on_epoch, dev)
     n = len(pop.dataset.x_train)
-    return params.cpu(), (loss.cpu().double() / n).numpy(), stopper.epochs
+    return params.cpu(), (stopper.loss.cpu().double() / n).numpy(), stopper.epochs
 
 
 def train_mlp_models(
@@ -134,10 +134,10 @@ def train_mlp_models(
     seeds: list[int],
     on_epoch: Callable[[int], None] | None,
     dev: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, _Stopper]:
-    """MLPs for :func:`train_models_epochs`: model-major params ``[M, P]`` and the summed
-    training loss of each model's last trained epoch ``[M]``, both on ``dev``, and the
-    early-stop record. The stacked params live layer-major in one buffer; forward and
+) -> tuple[torch.Tensor, _Stopper]:
+    """MLPs for :func:`train_models_epochs`: model-major params ``[M, P]`` on ``dev``, and
+    the early-stop record (with the summed training loss of each model's last trained
+    epoch, ``_Stopper.loss``). The stacked params live layer-major in one buffer; forward and
     backward are :class:`ArchSpec`'s batched matmuls, with no autograd."""
     cfg, ds = pop.config, pop.dataset
     gens = [pop.generator(s) for s in seeds]
@@ -157,9 +157,7 @@ def train_mlp_models(
         pop, m, lambda rows: arch.to_layer_major(rows[:, None].expand(m, arch.n_params))
     )
     for epoch in range(cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
+        order = _start_epoch(opt, cfg, epoch, gens, n, dev)
         loss.zero_()
         for start in range(0, n, bs):
             idx = order[:, start : start + bs]
@@ -181,7 +179,7 @@ def train_mlp_models(
         stopper.end_epoch(epoch, loss, buf.detach(), lambda: arch.to_model_major(buf.detach(), m))
         if on_epoch is not None:
             on_epoch(m)
-    return arch.to_model_major(buf.detach(), m), stopper.loss, stopper
+    return arch.to_model_major(buf.detach(), m), stopper
 
 
 def train_conv_models(
@@ -190,7 +188,7 @@ def train_conv_models(
     seeds: list[int],
     on_epoch: Callable[[int], None] | None,
     dev: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor, _Stopper]:
+) -> tuple[torch.Tensor, _Stopper]:
     """Conv nets for :func:`train_models_epochs` (returns as :func:`train_mlp_models`): the
     stacked params ``[M, P]`` are one leaf tensor, each model sees its own minibatch
     (``ConvSpec.forward`` on ``[M, B, n_inputs]``, the models as the groups of grouped
@@ -223,9 +221,7 @@ def train_conv_models(
         return params.detach()[: len(seeds)]
 
     for epoch in range(cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr_at(epoch)
-        order = torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
+        order = _start_epoch(opt, cfg, epoch, gens, n, dev)
         order = order.repeat(2, 1) if lone else order
         loss.zero_()
         for start in range(0, n, bs):
@@ -254,7 +250,22 @@ def train_conv_models(
         stopper.end_epoch(epoch, loss[:k], params.detach(), current)
         if on_epoch is not None:
             on_epoch(len(seeds))
-    return current(), stopper.loss, stopper
+    return current(), stopper
+
+
+def _start_epoch(
+    opt: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    epoch: int,
+    gens: list[torch.Generator],
+    n: int,
+    dev: torch.device,
+) -> torch.Tensor:
+    """Set the epoch's learning rate; return each model's data order ``[M, n]`` on ``dev``,
+    drawn from its own (CPU) generator."""
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr_at(epoch)
+    return torch.stack([torch.randperm(n, generator=g) for g in gens]).to(dev)
 
 
 class _Stopper:
@@ -428,7 +439,7 @@ def _train_in_batches(
     data_path: str | None,
     progress: Callable[[int], None] | None,
     allow_nonfinite: bool,
-    dev: torch.device | str,
+    dev: str,
 ) -> list[pd.DataFrame]:
     """Blocks in this process, committed a few at a time: whenever the blocks trained
     since the last commit took :data:`COMMIT_EVERY_S`, and at the end. A commit costs
@@ -472,7 +483,7 @@ class TrainResult:
 
 def plan(store: Store, pop: Population, seeds: Iterable[int]) -> list[int]:
     """The requested seeds not yet committed; refuses a population of another config."""
-    mine = popmod.existing_rows(store, pop.name, pop.sha256, lambda r: describe_conflict(pop, r))
+    mine = popmod.claim_population(store, pop.name, pop.sha256, lambda r: describe_conflict(pop, r))
     done = set(mine["seed"].dropna().astype(int))
     return [s for s in seeds if s not in done]
 
@@ -532,7 +543,7 @@ def train(
     (:mod:`bnnctl.device`) is where blocks train; Dask workers resolve it themselves."""
     pop = make_population(dataset, config, arch, population, dtype)
     sched = schedmod.require(scheduler)
-    dev = devmod.parse(device) if sched is not None else devmod.resolve(device)
+    dev = devmod.checked(device, sched is not None)
     if not 1 <= block_size <= MAX_BLOCK_SIZE:
         raise UsageError(
             f"`block_size` must be in 1..{MAX_BLOCK_SIZE}, got {block_size}", "block_size"
@@ -555,7 +566,7 @@ def train(
         at_once * block_memory(pop, m),
         f"training {at_once} block(s) of {m} x {pop.arch.name}",
         "lower `block_size` or the arch's widths",
-        dev if isinstance(dev, torch.device) else None,
+        None if sched is not None else devmod.resolve(dev),
     )
     if not isinstance(store, Store):
         store = Store.open(store, create=True)
@@ -570,7 +581,7 @@ def train(
     )
     data_path = store.put_dataset(dataset)
     if sched is not None:
-        _run_scheduled(store, pop, blocks, data_path, sched, progress, allow_nonfinite, str(dev))
+        _run_scheduled(store, pop, blocks, data_path, sched, progress, allow_nonfinite, dev)
         # A block re-run after its worker died may find its rows committed by the killed
         # attempt: report the rows committed for the seeds to do, whoever committed them.
         store = Store.open(store.url)
@@ -580,7 +591,7 @@ def train(
         done = _train_in_batches(store, pop, blocks, data_path, progress, allow_nonfinite, dev)
     else:
         done = _run_parallel(
-            store.url, pop, blocks, data_path, jobs, progress, allow_nonfinite, str(dev)
+            store.url, pop, blocks, data_path, jobs, progress, allow_nonfinite, dev
         )
     store.maybe_compact()
     return TrainResult(len(seeds), len(seeds) - len(todo), pd.concat(done, ignore_index=True))

@@ -6,4 +6,5 @@
   one-model-at-a-time ``torch.optim`` trainer (:func:`~.reference.train_reference`).
 - :mod:`.images`: synthetic image datasets and MNIST-format IDX folders (tests and
   benchmarks; no real data here).
+- :mod:`.stores`: weights committed to a store as imported models.
 """
