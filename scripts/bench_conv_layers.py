@@ -6,8 +6,10 @@ OptuNet's training shapes by default (a block of M=64 models, a minibatch of B=6
   conv2   the second conv (2 groups of 1 channel in, 5 out per model, k5; with the input
           gradient, as training needs);
   pool    max pooling k3 of conv1's output [B, 2M, 25, 25];
-  input   the layout copy of the per-model minibatches [M, B, 784] into channels-last
-          [B, M, 28, 28] (``ConvSpec._input``);
+  input   each model's minibatch gathered from a 2,048-image data set into the
+          channels-last [B, M, 28, 28] map: a gather of [M, B, 784] then a layout copy
+          (``ConvSpec._input``), or one gather from the pixel-major data set
+          (``ConvSpec.minibatch_maps``, what the trainer does);
   step    the whole step: ``ConvSpec.forward`` + backward of M models, against one
           ``nn.Module`` (``ConvSpec.module()``) forward + backward, times M.
 
@@ -304,14 +306,20 @@ def main() -> None:
     hp = torch.randn(b, 2 * m, 25, 25, generator=gen).contiguous(memory_format=CL)
     gp = torch.randn(b, 2 * m, 8, 8, generator=gen).contiguous(memory_format=CL)
     measure("pool", pool_cands(hp, gp, 3))
-    xin = torch.rand(m, b, 784, generator=gen)
-    measure(
-        "input",
-        {
-            how: partial(lambda h: [cl_input(xin, m, 1, 28, 28, h)], how)
-            for how in ("permute", "t2d")
-        },
-    )
+    data = torch.rand(2048, 784, generator=gen)  # a data set, and each model's minibatch
+    data_t = data.t().contiguous()  # pixel-major, as the trainer keeps one-channel images
+    pick = torch.randint(0, 2048, (m, b), generator=gen)
+    cands_in: dict[str, Callable[[], list]] = {
+        f"gather + {how}": partial(
+            lambda h: [
+                cl_input(data.index_select(0, pick.reshape(-1)).view(m, b, -1), m, 1, 28, 28, h)
+            ],
+            how,
+        )  # fmt: skip
+        for how in ("permute", "t2d")
+    }
+    cands_in["pixel-major gather (minibatch_maps)"] = lambda: [arch.minibatch_maps(data_t, pick)]
+    measure("input", cands_in)
 
     params = torch.stack([arch.init(gen) for _ in range(m)])
     xs = torch.rand(m, b, arch.n_inputs, generator=gen)

@@ -122,6 +122,31 @@ def test_forward_input_forms_agree_with_modules():
             arch.forward(params, torch.rand(b, arch.n_inputs + 1))
 
 
+def test_minibatch_maps_give_each_model_its_own_images():
+    """The trainer's pixel-major gather feeds each model exactly the images x[idx[k]]: the
+    outputs equal each plain module's on its own minibatch, and equal bit for bit
+    ``forward`` on the gathered ``[M, B, n_inputs]``."""
+    g = torch.Generator().manual_seed(2)
+    m, b, n = 4, 6, 30
+    params = torch.stack([OPTUNET.init(g) for _ in range(m)])
+    data = torch.rand(n, OPTUNET.n_inputs, generator=g)
+    idx = torch.randint(0, n, (m, b), generator=g)
+    maps = OPTUNET.minibatch_maps(data.t().contiguous(), idx)
+    with torch.no_grad():
+        got = OPTUNET.forward(params, maps, maps=True)
+        assert torch.equal(got, OPTUNET.forward(params, data[idx]))
+        for k in range(m):
+            net = OPTUNET.module().eval()
+            net.load_state_dict(OPTUNET.state_dict(params[k]))
+            want = net(data[idx[k]].view(b, *OPTUNET.input))
+            assert torch.allclose(got[k], want, atol=1e-5)
+    with pytest.raises(ValueError, match="maps=True takes"):
+        OPTUNET.forward(params, data[idx], maps=True)
+    with pytest.raises(ValueError, match="one-channel"):
+        rgb = ConvSpec.parse("cnn:3x8x8/c4k3-r-gap-l10")
+        rgb.minibatch_maps(torch.rand(rgb.n_inputs, n), idx)
+
+
 def test_block_memory_counts_conv_feature_maps(images):
     pop = Population("p", OPTUNET, TrainConfig(batch_size=64), images)
     one, many = block_memory(pop, 1), block_memory(pop, 256)

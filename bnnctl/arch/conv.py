@@ -667,6 +667,7 @@ class ConvSpec(LaidOut):
         params: torch.Tensor,
         x: torch.Tensor,
         dropout_masks: list[torch.Tensor | None] | None = None,
+        maps: bool = False,
     ) -> torch.Tensor:
         """Outputs ``[M, B, out]`` of ``M`` stacked models (model-major ``[M, P]``;
         columns past ``P`` are ignored, so the trainer's padded rows can be passed) on
@@ -677,7 +678,8 @@ class ConvSpec(LaidOut):
         the module doc). Dropout is applied only with ``dropout_masks`` (one per dropout
         layer, ``None`` to skip one, each ``[M, B, *shape]`` of :meth:`dropout_shapes`,
         scaled by 1/(1-p): element-wise, as ``nn.Dropout``); without them, eval mode.
-        Autograd flows through it.
+        ``maps=True``: ``x`` is already the per-model layout ``[B, M*C, H, W]`` (see
+        :meth:`minibatch_maps`). Autograd flows through it.
 
         Two exact rewrites make it faster: an ungrouped first conv on the shared input is
         one matmul of the unfolded input with all ``M*out`` filters, giving a
@@ -688,7 +690,7 @@ class ConvSpec(LaidOut):
         import torch.nn.functional as F
 
         v, m = self.views(params), params.shape[0]
-        x, stacked = self._input(x, m)
+        x, stacked = self._maps(x, m) if maps else self._input(x, m)
         pref = {p.index: p for p in self.params}
         order = list(range(len(self.layers)))
         for i in range(len(order) - 1):
@@ -774,6 +776,29 @@ class ConvSpec(LaidOut):
             f"{self.name} takes [B, {self.n_inputs}] or [B, {c}, {hh}, {ww}] inputs, or per "
             f"model [{m}, B, {self.n_inputs}] or [{m}, B, {c}, {hh}, {ww}]; got {list(shape)}"
         )
+
+    def minibatch_maps(self, x_t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Each model's minibatch ``x[idx[k]]`` as the channels-last ``[B, M, H, W]`` map
+        that :meth:`forward` (``maps=True``) takes, for one-channel inputs: ``x_t`` is the
+        data set pixel-major, ``[n_inputs, N]``, and ``idx [M, B]``. The same values as
+        :meth:`forward`'s own layout of ``x[idx]`` (``[M, B, n_inputs]``), from one gather
+        whose rows are already image-then-model ordered and a copy of whole per-pixel
+        rows of M values (measured ~1.7x faster than gathering ``[M, B, n_inputs]`` and
+        transposing it, ``scripts/bench_conv_layers.py``)."""
+        c, hh, ww = self.input
+        if c != 1 or x_t.shape[0] != self.n_inputs or idx.dim() != 2:
+            raise ValueError(f"minibatch_maps takes one-channel [{self.n_inputs}, N] data")
+        m, b = idx.shape
+        g = x_t.index_select(1, idx.t().reshape(-1))  # [H*W, B*M]: (pixel, image, model)
+        g = g.view(hh * ww, b, m).transpose(0, 1).contiguous()  # [B, H*W, M]
+        return g.view(b, hh, ww, m).permute(0, 3, 1, 2)
+
+    def _maps(self, x: torch.Tensor, m: int) -> tuple[torch.Tensor, bool]:
+        """``x`` of :meth:`minibatch_maps`, its shape checked."""
+        c, hh, ww = self.input
+        if x.dim() != 4 or tuple(x.shape[1:]) != (m * c, hh, ww):
+            raise ValueError(f"maps=True takes [B, {m * c}, {hh}, {ww}]; got {list(x.shape)}")
+        return x, True
 
     @staticmethod
     def _conv(

@@ -212,6 +212,9 @@ def train_conv_models(
     lik = for_task(ds.task)
     x, y = torch.from_numpy(ds.x_train).to(dev), torch.from_numpy(ds.y_train).to(dev)
     n, bs = x.shape[0], cfg.batch_size
+    # one-channel images: kept pixel-major, so that each step's minibatches are gathered
+    # straight into the conv's layout (ConvSpec.minibatch_maps)
+    x_t = x.reshape(n, -1).t().contiguous() if arch.input[0] == 1 else None
     loss = torch.zeros(m, device=dev)
     # a lone model trains as two copies: its rows in both
     stopper = _Stopper(pop, len(seeds), lambda rows: rows.repeat(2) if lone else rows)
@@ -236,7 +239,10 @@ def train_conv_models(
                     masks = [
                         None if t is None else t.repeat(2, *[1] * (t.dim() - 1)) for t in masks
                     ]
-            out = arch.forward(params, x.index_select(0, flat_idx).view(m, b, -1), masks)
+            if x_t is not None:
+                out = arch.forward(params, arch.minibatch_maps(x_t, idx), masks, maps=True)
+            else:
+                out = arch.forward(params, x.index_select(0, flat_idx).view(m, b, -1), masks)
             with torch.no_grad():
                 nll, dout = lik.nll_and_grad(
                     out.detach(), y.index_select(0, flat_idx).view(m, b, *y.shape[1:])
@@ -622,7 +628,8 @@ def conv_block_memory(arch: ConvSpec, cfg: TrainConfig, n_eval: int, m: int) -> 
     (``ConvSpec.feature_sizes``) kept for autograd's backward, twice over for the
     gradients flowing back and a conv's unfolded input, times the minibatch; evaluation
     chunks of ``EVAL_CHUNK`` images through all ``m`` models (the two largest maps
-    alive at once); the outputs on the whole evaluation set; and dropout masks."""
+    alive at once); the outputs on the whole evaluation set; dropout masks; and the
+    pixel-major copy of one-channel training images (``train_conv_models``)."""
     from bnnctl.evaluate import EVAL_CHUNK
 
     sizes = arch.feature_sizes()
@@ -635,6 +642,7 @@ def conv_block_memory(arch: ConvSpec, cfg: TrainConfig, n_eval: int, m: int) -> 
         + m * cfg.batch_size * per_image
         + min(EVAL_CHUNK, n_eval) * (m * top2 + sizes[0] * k2)
         + m * n_eval * arch.n_outputs
+        + (n_eval * sizes[0] if arch.input[0] == 1 else 0)
     )
     return 4 * floats
 
