@@ -20,6 +20,7 @@ ratio is the median of its per-round values, each rate the total evals over the 
     python scripts/bench_sample.py --method hmc
     python scripts/bench_sample.py --quick
     python scripts/bench_sample.py --parts         # also: where an SG update's time goes
+    python scripts/bench_sample.py --arch optunet  # conv nets (digits28; no roofline figure)
 
 ``--parts`` (SGLD/SGHMC) times the pieces of one update of all the chains on one thread
 (an update runs them per block of chains, one block per thread): each chain's minibatch
@@ -38,6 +39,7 @@ import torch
 from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, load_dataset
+from bnnctl.arch import AnyArch, ConvSpec, parse_arch
 from bnnctl.samplers import SamplerConfig, build, sgmcmc
 from bnnctl.samplers.posterior import LogPosterior
 
@@ -63,18 +65,24 @@ def run(sampler, state, updates: int):
     return state, time.perf_counter() - t0
 
 
-def plain_time(arch: ArchSpec, ds, method: str, chains: range, updates: int, leapfrog: int):
-    """(grad evals, seconds) of the ordinary loop: one nn.Module per chain, autograd
-    gradients, the same update written with torch ops."""
+def plain_time(arch: AnyArch, ds, method: str, chains: range, updates: int, leapfrog: int):
+    """(grad evals, seconds) of the ordinary loop: one nn.Module per chain (a conv net's
+    ``ConvSpec.module()``), autograd gradients, the same update written with torch ops."""
     x, y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
     n, lr, alpha, prior_var = len(x), 1e-5, 0.05, 0.2
+    if isinstance(arch, ConvSpec):
+        x = x.view(n, *arch.input)
     evals, t0 = 0, time.perf_counter()
     for k in chains:
         g = torch.Generator().manual_seed(k)
-        layers = []
-        for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
-            layers += [torch.nn.Linear(a, b)] + ([torch.nn.ReLU()] if i < arch.n_layers - 1 else [])
-        net = torch.nn.Sequential(*layers)
+        if isinstance(arch, ConvSpec):
+            net = arch.module()
+        else:
+            layers = []
+            for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
+                layers += [torch.nn.Linear(a, b)]
+                layers += [torch.nn.ReLU()] if i < arch.n_layers - 1 else []
+            net = torch.nn.Sequential(*layers)
         params = list(net.parameters())
 
         def grad_u(idx, net=net, params=params):
@@ -178,14 +186,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("--arch", default=None, help="a conv preset or cnn: string (default: the MLP)")
     ap.add_argument(
         "--parts", action="store_true", help="also time an SG update's pieces on one thread"
     )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    ds = load_dataset("digits")
-    arch = ArchSpec((64, 128, 128, 10))
+    arch = parse_arch(args.arch) if args.arch else ArchSpec((64, 128, 128, 10))
+    conv = isinstance(arch, ConvSpec)
+    ds = load_dataset("digits28" if conv and arch.input == (1, 28, 28) else "digits")
     chains, updates, single = (
         (4, 2, 1) if args.quick else (args.chains, args.updates, args.single_updates)
     )
@@ -199,7 +209,7 @@ def main() -> None:
     points = ds.x_train.shape[0] if args.method == "hmc" else cfg.batch_size
 
     rounds = 1 if args.quick else max(1, min(args.rounds, chains, updates))
-    flops = flops_per_eval(arch, points)
+    flops = 0.0 if conv else flops_per_eval(arch, points)  # conv: no roofline figure
     state = start(sampler, arch.n_params, range(chains))
     plain_s = lone_s = together_s = 0.0
     plain_evals = lone_evals = together_evals = 0
@@ -239,11 +249,11 @@ def main() -> None:
         "speedup_vs_bnnctl_single": round(statistics.median(ratio_lone), 2),
         "together_gflops": round(gflops, 1),
         "sgemm_gflops": round(peak, 1),
-        "roofline_fraction": round(statistics.median(roof), 3),
+        "roofline_fraction": None if conv else round(statistics.median(roof), 3),
         "rounds": rounds,
         "speedup_per_round": [round(v, 2) for v in ratio_plain],
         "speedup_vs_bnnctl_single_per_round": [round(v, 2) for v in ratio_lone],
-        "roofline_fraction_per_round": [round(v, 3) for v in roof],
+        "roofline_fraction_per_round": None if conv else [round(v, 3) for v in roof],
         "threads": torch.get_num_threads(),
         "one_at_a_time_wall_s": round(lone_s, 2),
     }
@@ -253,18 +263,20 @@ def main() -> None:
         print(json.dumps(out))
         return
     print(
-        f"{args.method} on digits {arch.name}, {chains} chains, {points} points per gradient, "
+        f"{args.method} on {ds.name} {arch.name}, {chains} chains, {points} points per gradient, "
         f"{out['threads']} threads"
     )
     print(f"  (a)  one at a time, nn.Module + autograd : {plain:9.1f} grad evals/s")
     print(f"  (a') one at a time, bnnctl sampler M=1   : {lone:9.1f} grad evals/s")
+    flop_note = "" if conv else f"  ({gflops:.1f} GFLOP/s; sgemm {peak:.0f} GFLOP/s)"
     print(
-        f"  (b)  together, bnnctl sampler M={chains:<3}     : {together:9.1f} grad evals/s  "
-        f"({gflops:.1f} GFLOP/s; sgemm {peak:.0f} GFLOP/s)"
+        f"  (b)  together, bnnctl sampler M={chains:<3}     : {together:9.1f} grad evals/s"
+        + flop_note
     )
     print(f"  speedup b/a  : {out['speedup']:6.2f} x   (median of {rounds} rounds)")
     print(f"  speedup b/a' : {out['speedup_vs_bnnctl_single']:6.2f} x")
-    print(f"  roofline     : {100 * out['roofline_fraction']:6.1f} % of sgemm")
+    if not conv:
+        print(f"  roofline     : {100 * out['roofline_fraction']:6.1f} % of sgemm")
     if "one_thread_parts" in out:
         pieces = out["one_thread_parts"]
         total = sum(pieces.values())

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import bnnctl.cli  # noqa: F401  (registers the commands)
@@ -20,7 +22,7 @@ from bnnctl.cli.common import app
 from bnnctl.engines.sample import sample
 from bnnctl.errors import UsageError
 from bnnctl.samplers import SamplerConfig, build
-from bnnctl.samplers.posterior import LogPosterior
+from bnnctl.samplers.posterior import LogPosterior, chain_groups
 
 TINY = "cnn:1x8x8/c4k3-r-m2-c8k3-r-gap-l10"  # 426 params, digits' 64 flat features
 runner = CliRunner()
@@ -77,21 +79,43 @@ def gens(m: int, first: int = 0) -> list[torch.Generator]:
 
 
 @pytest.mark.parametrize(
-    "method, threads",
-    [("sghmc", 1), ("sgld", 1), ("hmc", 1), ("mfvi", 1), ("sghmc", 2), ("hmc", 2)],
+    "method, alone_threads, together_threads",
+    [
+        ("sghmc", 1, 1),
+        ("sgld", 1, 2),
+        ("hmc", 1, 1),
+        ("mfvi", 2, 1),
+        ("swag", 1, 2),
+        ("sghmc", 2, 1),
+        ("hmc", 1, 2),
+        ("hmc", 2, 2),
+    ],
 )
-def test_a_conv_chain_alone_equals_the_chain_among_others_bit_for_bit(digits, method, threads):
-    """Chain k alone is chain k among 6 (at a fixed thread count: conv kernels split
-    their sums by thread, see :func:`bnnctl.samplers.posterior.conv_outputs`)."""
+def test_a_conv_chain_alone_equals_the_chain_among_others_bit_for_bit(
+    digits, method, alone_threads, together_threads
+):
+    """Chain k alone is chain k among 6, whatever the thread count of either run (the
+    chains run stacked, in blocks on one thread each: :func:`.posterior.conv_outputs`).
+    TINY's second conv has several input channels per group, whose stacked kernel splits
+    its sums by thread when given two."""
+    chain_alone_and_among_others(digits, method, alone_threads, together_threads)
+
+
+def chain_alone_and_among_others(digits, method: str, alone_threads: int, together_threads: int):
     before = torch.get_num_threads()
-    torch.set_num_threads(threads)
     try:
-        chain_alone_and_among_others(digits, method)
+        torch.set_num_threads(together_threads)
+        together = run_chains(digits, method, range(6))
+        torch.set_num_threads(alone_threads)
+        for k in (0, 4):
+            alone = run_chains(digits, method, range(k, k + 1))
+            assert torch.equal(alone.params[0], together.params[k]), (method, k)
     finally:
         torch.set_num_threads(before)
 
 
-def chain_alone_and_among_others(digits, method: str) -> None:
+def run_chains(digits, method: str, chains: range):
+    """Three updates of ``chains`` (each started and seeded by its index)."""
     arch = parse_arch(TINY)
     post = LogPosterior.of(arch, digits, prior_var=1.0, temperature=0.5)
     start = stacked(arch, 6, 1)
@@ -99,14 +123,18 @@ def chain_alone_and_among_others(digits, method: str) -> None:
     if method == "hmc":
         kw = {"step_size": 2e-4, "burn_in": 0, "leapfrog": 3}
     sampler = build(SamplerConfig(method, **kw), post)
-    together = sampler.init(start, gens(6))
+    state = sampler.init(start[chains.start : chains.stop], gens(len(chains), chains.start))
     for _ in range(3):
-        together = sampler.update(together)
-    for k in (0, 4):
-        alone = sampler.init(start[k : k + 1], gens(1, k))
-        for _ in range(3):
-            alone = sampler.update(alone)
-        assert torch.equal(alone.params[0], together.params[k]), (method, k)
+        state = sampler.update(state)
+    return state
+
+
+@given(st.integers(0, 40), st.integers(1, 40), st.integers(1, 70))
+def test_chain_groups_cover_the_chains_in_groups_of_two_or_more(lo, n, size):
+    groups = chain_groups(lo, lo + n, size)
+    assert [i for g in groups for i in range(g.start, g.stop)] == list(range(lo, lo + n))
+    assert all(g.stop - g.start >= 2 for g in groups) or n == 1
+    assert all(g.stop - g.start <= max(2, size) + 1 for g in groups)
 
 
 def test_sghmc_and_hmc_commit_sound_conv_rows(tmp_path, digits):

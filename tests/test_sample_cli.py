@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -356,15 +357,18 @@ def test_help_has_example():
     assert res.exit_code == 0 and "Example: bnnctl sample" in res.output
 
 
-def test_bench_quick_runs():
+@pytest.mark.parametrize("arch", [[], ["--arch", "optunet"]])
+def test_bench_quick_runs(arch):
     out = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench_sample.py"), "--quick"],
+        [sys.executable, str(ROOT / "scripts" / "bench_sample.py"), "--quick", "--json", *arch],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert "speedup" in out.stdout
+    res = json.loads(out.stdout)
+    assert res["together_evals_per_s"] > 0 and res["speedup"] > 0
+    assert (res["roofline_fraction"] is None) == bool(arch)
 
 
 def test_kill_9_mid_run_then_rerun_gives_the_uninterrupted_samples(tmp_path):

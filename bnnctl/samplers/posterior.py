@@ -20,7 +20,7 @@ Log prior constants (and the likelihood's) are kept or dropped consistently: ene
 are only ever compared with energies of the same posterior.
 
 Conv nets (:class:`~bnnctl.arch.ConvSpec`) have the same energy; their gradient is taken
-by autograd through ``arch.forward``, one chain at a time (:func:`conv_outputs`).
+by autograd through ``arch.forward`` over the stacked chains (:func:`conv_outputs`).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from bnnctl.arch import AnyArch, ArchSpec, ConvSpec
 from bnnctl.data import Dataset
 from bnnctl.errors import UsageError
 from bnnctl.evaluate.likelihood import Categorical, Gaussian, for_task
+from bnnctl.samplers.threads import in_blocks
 
 #: Points per forward pass in full-batch evaluations (bounds activation memory).
 CHUNK = 2048
@@ -132,21 +133,33 @@ class LogPosterior:
 
         Chains are processed in groups whose activations stay cache-sized (measured on
         2 cores: 16 chains x 128 points beats 64 x 128; a few chains x 1437 points beats
-        64 x 1437 by ~1.7x)."""
+        64 x 1437 by ~1.7x); conv nets' groups in blocks, one thread each
+        (:func:`conv_outputs`)."""
         m = params.shape[0]
         energy = torch.zeros(m, dtype=torch.float64, device=params.device)
         grad = torch.empty_like(params) if out is None else out
         points = self.n if idx is None else idx.shape[1]
         group = max(1, min(m, CHAIN_POINTS // max(points, 1)))
         with torch.no_grad():
-            for i in range(0, m, group):
-                sl = slice(i, i + group)
-                energy[sl] = self._nll_and_grad(
-                    params[sl],
-                    None if idx is None else idx[sl],
-                    None if masks is None else [mk[sl] for mk in masks],
-                    grad[sl],
-                )
+            if isinstance(self.arch, ConvSpec):
+                check_no_masks(self.arch, masks)
+                arch = self.arch
+
+                def work(lo: int, hi: int) -> None:
+                    for sl in chain_groups(lo, hi, group):
+                        sub = None if idx is None else idx[sl]
+                        energy[sl] = self._conv_nll_and_grad(arch, params[sl], sub, grad[sl])
+
+                in_blocks(m, work, params.device)
+            else:
+                for i in range(0, m, group):
+                    sl = slice(i, i + group)
+                    energy[sl] = self._nll_and_grad(
+                        params[sl],
+                        None if idx is None else idx[sl],
+                        None if masks is None else [mk[sl] for mk in masks],
+                        grad[sl],
+                    )
             if prior:
                 energy -= self.log_prior(params)
                 grad.add_(params, alpha=1.0 / self.prior_var).div_(self.temperature)
@@ -157,9 +170,6 @@ class LogPosterior:
         """Summed (or minibatch-estimated) NLL ``[m]`` of a group of chains; its gradient
         is written into ``grad``."""
         energy = torch.zeros(params.shape[0], dtype=torch.float64, device=params.device)
-        if not isinstance(self.arch, ArchSpec):
-            check_no_masks(self.arch, masks)
-            return self._conv_nll_and_grad(self.arch, params, idx, grad)
         first, part = True, None
         for x, y, scale in self._batches(params, idx):
             keep: list = []
@@ -175,22 +185,26 @@ class LogPosterior:
         return energy
 
     def _conv_nll_and_grad(self, arch: ConvSpec, params, idx, grad) -> torch.Tensor:
-        """:meth:`_nll_and_grad` of a conv net: the likelihood's d NLL / d outputs
-        back-propagated through ``arch.forward`` by autograd."""
-        energy = torch.zeros(params.shape[0], dtype=torch.float64, device=params.device)
-        leaf = params.detach().requires_grad_(True)
+        """:meth:`_nll_and_grad` of a group of conv-net chains (on one thread, see
+        :func:`conv_outputs`): the likelihood's d NLL / d outputs back-propagated through
+        the stacked ``arch.forward`` by autograd. A lone chain runs as two copies."""
+        m = params.shape[0]
+        energy = torch.zeros(m, dtype=torch.float64, device=params.device)
+        leaf = (params.repeat(2, 1) if m == 1 else params).detach().requires_grad_(True)
         first = True
         with torch.enable_grad():
             for x, y, scale in self._batches(params, idx):
-                out = conv_outputs(arch, leaf, x)
+                if idx is not None and m == 1:  # per-chain minibatch: the copy's too
+                    x, y = x.expand(2, -1, -1), y.expand(2, *[-1] * (y.dim() - 1))
+                out = arch.forward(leaf, per_model(x, leaf.shape[0]))
                 nll, dout = self.likelihood.nll_and_grad(out.detach(), y)
                 (g,) = torch.autograd.grad(out, leaf, dout.mul_(scale))
                 if first:
-                    grad.copy_(g)
+                    grad.copy_(g[:m])
                     first = False
                 else:
-                    grad += g
-                energy += nll.double() * scale
+                    grad += g[:m]
+                energy += nll[:m].double() * scale
         return energy
 
     def _batches(self, params: torch.Tensor, idx: torch.Tensor | None):
@@ -215,27 +229,47 @@ class LogPosterior:
 
 def conv_outputs(arch: ConvSpec, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Outputs ``[M, B, out]`` of ``M`` stacked conv nets on flat channel-major inputs:
-    ``x [B, F]`` shared by all models, or ``[M, B, F]`` (chain m's own minibatch).
+    ``x [B, F]`` shared by all models, or ``[M, B, F]`` (chain m's own minibatch); no
+    autograd.
 
-    One model per ``arch.forward`` call, so that chain k's samples do not depend on the
-    chains beside it (nor on how chains are split into blocks). Measured (torch 2.13,
-    CPU): the stacked forward on a shared input rounds differently with the number of
-    models stacked (~3e-8 in outputs and gradients, any thread count); on per-model
-    inputs (grouped convs) it is the same for any M >= 2 on one thread but not on two,
-    and M = 1 takes another kernel. A model alone is the same among any chains on any
-    thread count, but not across thread counts (the conv kernels split their sums by
-    thread): conv chains reproduce bit for bit at a fixed ``torch.get_num_threads()``.
-    Costs ~1.7x the stacked forward on per-model minibatches and ~5x on a shared input
-    (small nets, 16-32 chains x 128 digits, one thread).
-    """
-    shape = (-1, *arch.input)
-    per_model = x.dim() == 3
-    return torch.cat(
-        [
-            arch.forward(params[k : k + 1], (x[k] if per_model else x).reshape(shape))
-            for k in range(params.shape[0])
-        ]
-    )
+    The chains run stacked (``arch.forward`` on per-model inputs, a shared one repeated),
+    in blocks of at least two, each block on one thread (:func:`in_blocks`): so chain k's
+    results depend neither on the chains beside it, nor on how chains are split into
+    blocks, nor on the thread count. Measured (torch 2.13, CPU): the stacked forward and
+    backward on per-model inputs give each model the same bits for any M >= 2 and any row
+    on one thread; on two threads convs with several input channels per group split their
+    sums by thread, and M = 1 takes another kernel (a lone chain runs as two copies). The
+    stacked forward on a shared input (one matmul for all models) rounds with M, so a
+    shared input is repeated per model."""
+    m = params.shape[0]
+    out = torch.empty((m, x.shape[-2], arch.n_outputs), dtype=params.dtype, device=params.device)
+    group = max(2, CHAIN_POINTS // max(x.shape[-2], 1))
+
+    def work(lo: int, hi: int) -> None:
+        for sl in chain_groups(lo, hi, group):
+            p, xs = params[sl], x[sl] if x.dim() == 3 else x
+            if p.shape[0] == 1:  # a lone chain runs as two copies
+                p, xs = p.repeat(2, 1), xs.expand(2, -1, -1) if xs.dim() == 3 else xs
+            with torch.no_grad():
+                out[sl] = arch.forward(p, per_model(xs, p.shape[0]))[: sl.stop - sl.start]
+
+    in_blocks(m, work, params.device)
+    return out
+
+
+def per_model(x: torch.Tensor, m: int) -> torch.Tensor:
+    """Inputs ``[M, B, F]``: ``x`` itself, or a shared ``[B, F]`` repeated per model."""
+    return x if x.dim() == 3 else x.unsqueeze(0).expand(m, *x.shape)
+
+
+def chain_groups(lo: int, hi: int, size: int) -> list[slice]:
+    """Chains lo..hi-1 in consecutive groups of about ``size`` (at least two each, unless
+    there is only one chain): a group of one would run as two copies."""
+    size = max(2, size)
+    cuts = list(range(lo, hi, size)) + [hi]
+    if len(cuts) > 2 and cuts[-1] - cuts[-2] == 1:
+        del cuts[-2]  # a last chain alone joins the group before it
+    return [slice(a, b) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
 
 
 def check_no_masks(arch: AnyArch, masks) -> None:
