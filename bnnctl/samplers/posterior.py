@@ -167,8 +167,9 @@ class LogPosterior:
         return energy, grad
 
     def _nll_and_grad(self, params, idx, masks, grad) -> torch.Tensor:
-        """Summed (or minibatch-estimated) NLL ``[m]`` of a group of chains; its gradient
-        is written into ``grad``."""
+        """Summed (or minibatch-estimated) NLL ``[m]`` of a group of MLP chains; its
+        gradient is written into ``grad``."""
+        assert isinstance(self.arch, ArchSpec)
         energy = torch.zeros(params.shape[0], dtype=torch.float64, device=params.device)
         first, part = True, None
         for x, y, scale in self._batches(params, idx):
