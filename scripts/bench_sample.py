@@ -39,7 +39,7 @@ import torch
 from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, load_dataset
-from bnnctl.arch import AnyArch, ConvSpec, parse_arch
+from bnnctl.arch import AnyArch, ConvSpec, modules, parse_arch
 from bnnctl.samplers import SamplerConfig, build, sgmcmc
 from bnnctl.samplers.posterior import LogPosterior
 
@@ -75,14 +75,7 @@ def plain_time(arch: AnyArch, ds, method: str, chains: range, updates: int, leap
     evals, t0 = 0, time.perf_counter()
     for k in chains:
         g = torch.Generator().manual_seed(k)
-        if isinstance(arch, ConvSpec):
-            net = arch.module()
-        else:
-            layers = []
-            for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
-                layers += [torch.nn.Linear(a, b)]
-                layers += [torch.nn.ReLU()] if i < arch.n_layers - 1 else []
-            net = torch.nn.Sequential(*layers)
+        net = arch.module() if isinstance(arch, ConvSpec) else modules.build(arch)
         params = list(net.parameters())
 
         def grad_u(idx, net=net, params=params):

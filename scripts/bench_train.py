@@ -44,7 +44,7 @@ import torch
 from roofline import sgemm_gflops  # scripts/roofline.py
 
 from bnnctl import ArchSpec, Store, TrainConfig, load_dataset, train
-from bnnctl.arch import ConvSpec
+from bnnctl.arch import ConvSpec, modules
 from bnnctl.engines.train import Population, train_models
 from bnnctl.testing.images import synthetic_images
 
@@ -95,11 +95,7 @@ def plain_loop(
                 opt, list(cfg.lr_milestones), cfg.lr_gamma or 0.1
             )
         else:
-            layers = []
-            for i, (a, b) in enumerate(zip(arch.widths[:-1], arch.widths[1:], strict=False)):
-                layers += [torch.nn.Linear(a, b)]
-                layers += [torch.nn.ReLU()] if i < arch.n_layers - 1 else []
-            net = torch.nn.Sequential(*layers)
+            net = modules.build(arch)
             opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, fused=True)
         net.to(device)
         for _ in range(cfg.epochs):
