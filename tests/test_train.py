@@ -154,3 +154,25 @@ def test_tiny_blocks_share_manifest_commits(tmp_path, monkeypatch, every_s, comm
     )[0].numpy()
     np.testing.assert_array_equal(st.read_params(df.iloc[8:16]), expected)
     assert len(res.rows) == 64
+
+
+def test_each_epoch_order_is_the_models_own_randperm_whatever_the_threads():
+    """The epoch's data orders, drawn in blocks on several threads, are each model's own
+    ``torch.randperm`` from its generator, as if drawn one after another."""
+    from bnnctl.engines.train import _start_epoch
+
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            gens = [torch.Generator().manual_seed(s) for s in range(7)]
+            for epoch in range(2):
+                got = _start_epoch(opt, TrainConfig(), epoch, gens, 1000, torch.device("cpu"))
+                fresh = [torch.Generator().manual_seed(s) for s in range(7)]
+                for k, g in enumerate(fresh):
+                    for _ in range(epoch + 1):
+                        want = torch.randperm(1000, generator=g)
+                    assert torch.equal(got[k], want), (threads, epoch, k)
+    finally:
+        torch.set_num_threads(before)

@@ -33,7 +33,7 @@ from bnnctl.arch import AnyArch, ArchSpec, ConvSpec
 from bnnctl.data import Dataset
 from bnnctl.errors import UsageError
 from bnnctl.evaluate.likelihood import Categorical, Gaussian, for_task
-from bnnctl.samplers.threads import in_blocks
+from bnnctl.threads import in_blocks
 
 #: Points per forward pass in full-batch evaluations (bounds activation memory).
 CHUNK = 2048

@@ -47,7 +47,7 @@ from bnnctl.samplers.base import (
     step_size_at,
 )
 from bnnctl.samplers.posterior import LogPosterior
-from bnnctl.samplers.threads import in_blocks
+from bnnctl.threads import in_blocks
 
 #: Defaults of the method(s) this module implements. Step sizes act on the summed energy U_T, so they shrink with N.  # noqa: E501
 DEFAULTS = {

@@ -1,4 +1,5 @@
-"""Running a computation over M stacked chains (or models) in blocks, one thread each.
+"""Running a computation over M stacked chains (or models) in blocks, one thread each:
+the samplers' updates and the trainers' per-model data orders.
 
 :func:`in_blocks` splits the chains into ``torch.get_num_threads()`` contiguous blocks and
 runs each in a thread of its own whose torch ops use that one thread: the blocks never
