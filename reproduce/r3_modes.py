@@ -20,10 +20,8 @@ TITLE = "Distinct modes before/after symmetry removal (digits MLP; OptuNet on di
 #: Relative merge tolerances: 0.05 is bnnctl's default; larger ones merge more.
 TOLERANCES = (0.05, 0.2, 0.5)
 PLOT_TOLERANCE = 0.2
-#: SGHMC on OptuNet: the learning rate eta on the summed energy (as the MLP's). 1e-4 and
-#: 1e-3 did not diverge but left every sample at chance accuracy (0.10); 5e-6 to 3e-5
-#: kept (and improved on) the starts' accuracy.
-OPTUNET_STEP = 1e-5
+#: SGHMC's step on OptuNet (see optunet_zoo.SGHMC_STEP: larger steps fall to chance).
+OPTUNET_STEP = optunet_zoo.SGHMC_STEP
 
 
 def count_rows(
@@ -122,36 +120,19 @@ def optunet_rows(ctx: common.Ctx, store) -> list[dict]:
     """OptuNet on digits28 with the paper's recipe: more seeds than needed are trained and
     only those that learned (test acc >= LEARNED_ACC) form the ensemble and start the
     chains."""
-    from bnnctl import train
     from bnnctl.engines.sample import sample
-    from bnnctl.samplers import SamplerConfig
 
     n_seeds, epochs = ctx.pick((4, 20), (48, optunet_zoo.EPOCHS))
     n = ctx.pick(4, 64)  # samples of each SGHMC population
     k_max = ctx.pick(2, 16)  # starting checkpoints of multi-mode SGHMC
-    data, arch, acc = optunet_zoo.dataset(), optunet_zoo.arch(), optunet_zoo.LEARNED_ACC
-    ctx.log(f"training {n_seeds} OptuNets on {data.name} ({epochs} epochs)")
-    cfg = optunet_zoo.recipe(epochs)
-    trained = train(store, data, cfg, seeds=range(n_seeds), arch=arch, population="cnn").rows
-    trained = trained.sort_values("seed")
-    members = trained[trained["test_acc"] >= acc]
-    picked = f"the {len(members)} of {n_seeds} seeds that learned (test acc >= {acc:g})"
-    if ctx.quick and len(members) < 2:  # quick runs are too short to learn: the best two
-        members = trained.nlargest(2, "test_acc").sort_values("seed")
-        picked = f"quick run: the 2 most accurate of {n_seeds} seeds (acc < {acc:g} allowed)"
-    if len(members) < 2:
-        raise RuntimeError(f"only {len(members)} of {n_seeds} OptuNets learned: train more seeds")
+    data, arch = optunet_zoo.dataset(), optunet_zoo.arch()
+    learned = optunet_zoo.train_learned(ctx, store, n_seeds, epochs, population="cnn")
+    trained, members, picked = learned.trained, learned.members, learned.picked
     k = min(k_max, len(members))
     # the weight-matching reference: the last member, no chain's start while k < members
     ref = str(members["model_id"].iloc[-1])
     pv = optunet_zoo.prior_var(len(data.y_train))
-    scfg = SamplerConfig(
-        "sghmc",
-        step_size=OPTUNET_STEP,
-        burn_in=ctx.pick(10, 200),
-        thin=ctx.pick(2, 20),
-        prior_var=pv,
-    )
+    scfg = optunet_zoo.sampler_config(ctx, "sghmc", len(data.y_train))
     div = {}
     for mode, starts, chains in (("single", members.iloc[:1], 1), ("multi", members.iloc[:k], k)):
         ctx.log(f"OptuNet sghmc-{mode}: {chains} chains x {n // chains} samples")
