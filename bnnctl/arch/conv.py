@@ -783,7 +783,7 @@ class ConvSpec(LaidOut):
         data set pixel-major, ``[n_inputs, N]``, and ``idx [M, B]``. The same values as
         :meth:`forward`'s own layout of ``x[idx]`` (``[M, B, n_inputs]``), from one gather
         whose rows are already image-then-model ordered and a copy of whole per-pixel
-        rows of M values (measured ~1.7x faster than gathering ``[M, B, n_inputs]`` and
+        rows of M values (measured 1.3-1.7x faster than gathering ``[M, B, n_inputs]`` and
         transposing it, ``scripts/bench_conv_layers.py``)."""
         c, hh, ww = self.input
         if c != 1 or x_t.shape[0] != self.n_inputs or idx.dim() != 2:
