@@ -21,15 +21,11 @@ torch.optim.SGD + MultiStepLR one model at a time, (b) bnnctl's trainer into a s
 
 Measured (shared 2-core CPU, torch 2.13, 2 threads, `--arch optunet`: 256 models in
 blocks of 64 against 8 plain models, 3 epochs of 2048 images, 3 interleaved rounds):
-first bnnctl 8.17 models/s, plain loop 4.52 models/s, ratio 1.81 (rounds 1.92, 1.31,
-1.74). With the depthwise forward of `bnnctl/arch/conv_kernels.py` and the 2-d
-transpose of the input, two runs gave 1.42 and 1.67 against 1.52 and 1.60 for the
-unchanged code run alternately (other jobs loaded the machine; rounds vary 0.5-10x
-then): the 5x goal is not met. `python scripts/bench_conv_layers.py --trainer 5
---profile 20` compares the layers' alternatives and profiles a step: the first conv's
-weight gradient (oneDNN grouped, ~10 of ~35 ms per step of 64 models) is the largest
-part, then the input's channels-last copy, the first conv's repeat and depthwise
-forward, pooling and relu backward.
+2.30x on an idle machine (15.6 against 6.78 models/s), 1.4-2.4x while other jobs ran;
+the 5x goal is not met. `python scripts/bench_conv_layers.py --trainer 5 --profile 20`
+compares the layers' alternatives and profiles a step: the first conv (forward and
+weight gradient, oneDNN) is the largest part, then the input's layout copy, pooling and
+relu backward. README's Performance section has the details.
 """
 
 from __future__ import annotations
