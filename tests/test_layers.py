@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bnnctl"
 #: Lowest first. A unit may import itself and any unit of a lower layer.
 LAYERS: list[set[str]] = [
     {"errors", "version"},
-    {"arch", "data", "device", "scheduler"},
+    {"arch", "data", "device", "scheduler", "threads"},
     {"store"},
     {"evaluate", "symmetry"},
     {"samplers"},
