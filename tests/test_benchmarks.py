@@ -98,3 +98,8 @@ def test_bench_device_quick(tmp_path):
     assert out["mlp"]["models_per_s"] > 0 and out["mlp"]["plain_models_per_s"] > 0
     assert out["optunet"]["models"] == 4 and out["optunet"]["extrapolated_60_epochs_s"] > 0
     assert out["canonicalize"]["models"] == 8 and out["sghmc"]["grad_evals_per_s"] > 0
+
+
+def test_bench_orders_quick():
+    out = json.loads(quick("bench_orders.py"))
+    assert out["plain_s"] > 0 and out["bnnctl_s"] > 0 and out["models"] == 16
