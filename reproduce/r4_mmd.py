@@ -1,6 +1,8 @@
 """R4 — Laurent et al.: weight-space MMD between each approximation and a ground truth of
 independently trained checkpoints, before and after symmetry removal, Gaussian and
-Laplace kernels at 10 bandwidths (the paper's 20-value vector; ``stats compare``)."""
+Laplace kernels at 10 bandwidths (the paper's 20-value vector; ``stats compare``). On the
+digits MLP, and on OptuNet (the paper's conv net) trained with its recipe on digits28, the
+28x28 stand-in for MNIST (R5's learned members and method settings)."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import pandas as pd
 if __package__ in (None, ""):
     import common
     import digits_zoo as zoo
+    import optunet_zoo
+    import r5_multimode as r5
 else:
-    from reproduce import common
+    from reproduce import common, optunet_zoo
     from reproduce import digits_zoo as zoo
+    from reproduce import r5_multimode as r5
 
 ID = "R4"
-TITLE = "Weight-space MMD to independently trained checkpoints (digits MLP)"
+TITLE = "Weight-space MMD to independently trained checkpoints (digits MLP; OptuNet on digits28)"
 RUNS = (
     ("mfvi", "multi"),
     ("laplace", "multi"),
@@ -27,6 +32,9 @@ RUNS = (
 #: and Laplace kernels, the paper's 20-value MMD vector (``stats compare`` uses 5).
 MULTIPLES = (0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 SOURCES = "kind == 'train' or method in ['mfvi', 'laplace', 'swag', 'mc_dropout', 'sghmc']"
+#: OptuNet's learned members are split in two: the first half (by seed) start the chains,
+#: the second half is the ground truth. The MMD needs two models on each side.
+OPTUNET_MIN_MEMBERS = 4
 
 
 def mmd_vectors(store, where_a: str, where_b: str) -> dict:
@@ -47,52 +55,12 @@ def mmd_vectors(store, where_a: str, where_b: str) -> dict:
 
 
 def run(ctx: common.Ctx) -> pd.DataFrame:
-    from bnnctl.engines.canonicalize import canonicalize
-    from bnnctl.stats.report import compare
-
     store = ctx.store()
-    g = ctx.pick(6, 128)  # ground-truth checkpoints
-    k = ctx.pick(2, 16)  # starting checkpoints (multi-mode: one chain each)
-    s = ctx.pick(2, 8)  # samples per chain
-    zoo.train_pop(ctx, store, "de", range(zoo.GT_SEED, zoo.GT_SEED + g))
-    zoo.train_pop(ctx, store, "starts", range(k))
-    subjects = {"deep ensemble (the starts)": "population == 'starts'"}
-    for method, mode in RUNS:
-        name = zoo.sample_pop(ctx, store, method, mode, k, k, s)
-        subjects[f"{method} {mode}-mode"] = zoo.draws(name, method)
-    ctx.log("canonicalizing (perm + scale to the L2 minimum)")
-    canonicalize(store, SOURCES)
-    gt = "population == 'de'"
-    rows, vectors = [], []
-    for label, where in subjects.items():
-        ctx.log(f"compare: {label}")
-        c = compare(store, gt, where, seed=0)  # agreement and TV (and a 5-bandwidth MMD)
-        vecs = mmd_vectors(store, gt, where)
-        row = {
-            "approximation": label,
-            "n_gt": c["a"]["n"],
-            "n": c["b"]["n"],
-            "agreement": c["agreement"],
-            "total_variation": c["total_variation"],
-        }
-        for stage, m in (("before", vecs["before"]), ("after", vecs["after"])):
-            for kernel in ("gaussian", "laplace"):
-                vals = [] if m is None else m[kernel]
-                one = [v["mmd2"] for v in vals if abs(v["multiple"] - 1.0) < 1e-9]
-                row[f"mmd2_{kernel}_1x_{stage}"] = one[0] if one else None
-                vectors += [
-                    {"approximation": label, "stage": stage, "kernel": kernel, **v} for v in vals
-                ]
-        rows.append(row)
-    table = pd.DataFrame(rows)
-    vec = pd.DataFrame(vectors)
+    rows, vectors = mlp_rows(ctx, store)
+    more_rows, more_vectors = optunet_rows(ctx, store)
+    table = pd.DataFrame(rows + more_rows)
+    vec = pd.DataFrame(vectors + more_vectors)
     vec.to_csv(ctx.out / f"{ID}_mmd_vectors.csv", index=False)
-    ctx.note(
-        f"ground truth: {g} independently trained {zoo.arch().name} (dropout {zoo.DROPOUT}) "
-        f"checkpoints, seeds {zoo.GT_SEED}+, disjoint from the {k} starting checkpoints; "
-        f"each approximation has {k} chains x {s} samples (single-mode: all chains from one "
-        "checkpoint; multi-mode: one chain per checkpoint)."
-    )
     ctx.note(
         "mmd2_*_1x: unbiased MMD^2 at the median-distance bandwidth; the full 20-value "
         f"vectors (2 kernels x 10 bandwidths, {MULTIPLES[0]}-{MULTIPLES[-1]} x the median "
@@ -105,21 +73,164 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     return table
 
 
+def compare_rows(ctx: common.Ctx, store, arch: str, gt: str, subjects: dict) -> tuple[list, list]:
+    """The table's rows and the 20-value MMD vectors of each subject against ``gt``."""
+    from bnnctl.stats.report import compare
+
+    rows, vectors = [], []
+    for label, where in subjects.items():
+        ctx.log(f"compare ({arch}): {label}")
+        c = compare(store, gt, where, seed=0)  # agreement and TV (and a 5-bandwidth MMD)
+        vecs = mmd_vectors(store, gt, where)
+        row = {
+            "arch": arch,
+            "approximation": label,
+            "n_gt": c["a"]["n"],
+            "n": c["b"]["n"],
+            "agreement": c["agreement"],
+            "total_variation": c["total_variation"],
+        }
+        for stage, m in (("before", vecs["before"]), ("after", vecs["after"])):
+            for kernel in ("gaussian", "laplace"):
+                vals = [] if m is None else m[kernel]
+                one = [v["mmd2"] for v in vals if abs(v["multiple"] - 1.0) < 1e-9]
+                row[f"mmd2_{kernel}_1x_{stage}"] = one[0] if one else None
+                vectors += [
+                    {"arch": arch, "approximation": label, "stage": stage, "kernel": kernel, **v}
+                    for v in vals
+                ]
+        rows.append(row)
+    return rows, vectors
+
+
+def mlp_rows(ctx: common.Ctx, store) -> tuple[list, list]:
+    """The digits MLP: ground truth, starts and every method's samples. Runs before
+    :func:`optunet_rows`, as R4 did before OptuNet was added (same numbers), and before
+    any OptuNet is in the store, which :data:`SOURCES` would canonicalize too."""
+    from bnnctl.engines.canonicalize import canonicalize
+
+    g = ctx.pick(6, 128)  # ground-truth checkpoints
+    k = ctx.pick(2, 16)  # starting checkpoints (multi-mode: one chain each)
+    s = ctx.pick(2, 8)  # samples per chain
+    zoo.train_pop(ctx, store, "de", range(zoo.GT_SEED, zoo.GT_SEED + g))
+    zoo.train_pop(ctx, store, "starts", range(k))
+    subjects = {"deep ensemble (the starts)": "population == 'starts'"}
+    for method, mode in RUNS:
+        name = zoo.sample_pop(ctx, store, method, mode, k, k, s)
+        subjects[f"{method} {mode}-mode"] = zoo.draws(name, method)
+    ctx.log("canonicalizing (perm + scale to the L2 minimum)")
+    canonicalize(store, SOURCES)
+    out = compare_rows(ctx, store, zoo.arch().name, "population == 'de'", subjects)
+    ctx.note(
+        f"ground truth: {g} independently trained {zoo.arch().name} (dropout {zoo.DROPOUT}) "
+        f"checkpoints, seeds {zoo.GT_SEED}+, disjoint from the {k} starting checkpoints; "
+        f"each approximation has {k} chains x {s} samples (single-mode: all chains from one "
+        "checkpoint; multi-mode: one chain per checkpoint)."
+    )
+    return out
+
+
+def optunet_rows(ctx: common.Ctx, store) -> tuple[list, list]:
+    """OptuNet on digits28 with the paper's recipe (R3's and R5's seeds): of the seeds that
+    learned, the first half start the chains (single-mode: the first of them) and the
+    second half, which no chain starts from, is the ground truth. Each of R5's OptuNet
+    methods, with R5's settings, single- and multi-mode."""
+    from bnnctl.engines.canonicalize import canonicalize
+    from bnnctl.engines.sample import sample
+    from bnnctl.store import select
+
+    n_seeds, epochs = ctx.pick((4, 20), (48, optunet_zoo.EPOCHS))
+    s = ctx.pick(2, 8)  # samples per chain
+    arch, n_train = optunet_zoo.arch().name, len(optunet_zoo.dataset().y_train)
+    learned = optunet_zoo.train_learned(ctx, store, n_seeds, epochs, population="cnn")
+    members, picked = learned.members, learned.picked
+    n_min = OPTUNET_MIN_MEMBERS
+    if ctx.quick and len(members) < n_min:  # too few learned in a quick run: the best four
+        members = learned.trained.nlargest(n_min, "test_acc").sort_values("seed")
+        picked = f"the {n_min} most accurate of {n_seeds} seeds (quick run)"
+    if len(members) < n_min:
+        raise RuntimeError(f"R4 needs {n_min} learned OptuNets, got {len(members)}")
+    k = len(members) // 2  # starting checkpoints (multi-mode: one chain each)
+    starts, truth = members.iloc[:k], members.iloc[k:]
+
+    def seeds(rows: pd.DataFrame) -> str:
+        return f"population == 'cnn' and seed in {[int(v) for v in rows['seed']]}"
+
+    subjects = {"deep ensemble (the starts)": seeds(starts)}
+    div = {}
+    for method in r5.OPTUNET_METHODS:
+        cfg = optunet_zoo.sampler_config(ctx, method, n_train)
+        for mode in ("single", "multi"):
+            name = f"cnn-{method}-{mode}"
+            at = starts.iloc[:1] if mode == "single" else starts
+            ctx.log(f"OptuNet {name}: {k} chains x {s} samples from {len(at)} checkpoint(s)")
+            res = sample(store, cfg, samples=s, chains=k, start=at, population=name, seed=1)
+            div[name] = len(res.divergent)
+            subjects[f"{method} {mode}-mode"] = zoo.draws(name, method)
+    ctx.log("OptuNet: canonicalizing (perm + scale to the L2 minimum)")
+    man = store.manifest()
+    canonicalize(store, pd.concat([select(man, w) for w in (seeds(truth), *subjects.values())]))
+    out = compare_rows(ctx, store, arch, seeds(truth), subjects)
+    first = starts.iloc[0]
+    swag = optunet_zoo.sampler_config(ctx, "swag", n_train)
+    ctx.note(
+        f"{arch} on digits28 (recipe: SGD lr {optunet_zoo.LR}, weight decay "
+        f"{optunet_zoo.WEIGHT_DECAY}, batch {optunet_zoo.BATCH_SIZE}, {epochs} epochs, "
+        f"x{optunet_zoo.LR_GAMMA} at epochs {optunet_zoo.milestones(epochs) or 'none'}): of "
+        f"{picked}, the last {len(truth)} by seed are the ground truth (test acc median "
+        f"{truth['test_acc'].median():.3f}) and the first {k} the starting checkpoints (test "
+        f"acc median {starts['test_acc'].median():.3f}), no chain starting from the ground "
+        f"truth. Every run has {k} chains x {s} samples: single-mode from the first start "
+        f"({first['model_id']}, test acc {first['test_acc']:.3f}), multi-mode one chain per "
+        f"start. The unbiased MMD takes unequal sides ({len(truth)} against {k} or {k * s}, "
+        "as the MLP rows do) but needs two models a side, hence at least "
+        f"{n_min} members (a quick run takes the {n_min} most accurate seeds)."
+    )
+    ctx.note(
+        f"{arch} settings (R5's), at the prior matching the weight decay (variance "
+        f"{optunet_zoo.prior_var(n_train):.3g}): SGHMC step {optunet_zoo.SGHMC_STEP:g}, "
+        f"burn-in {ctx.pick(10, 200)}, thinning {ctx.pick(2, 20)}; MFVI {ctx.pick(10, 300)} "
+        f"Adam steps; SWAG SGD lr {swag.step_size:g}, burn-in {swag.burn_in}, rank "
+        f"{swag.rank}; laplace_ll (last layer, KFAC GGN, prior fitted by marginal "
+        "likelihood) instead of laplace (all weights), which refuses conv nets; mc_dropout "
+        f"does not apply ({arch} has no dropout). Divergent chains: "
+        + ", ".join(f"{n} {d}" for n, d in div.items())
+        + "."
+    )
+    return out
+
+
 def plot(vec: pd.DataFrame):
+    """One row per architecture, before and after removal: one colour per method (laplace
+    and its last-layer variant apart), dashed single-mode."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
+    archs = list(dict.fromkeys(vec["arch"]))
     g = vec[vec["kernel"] == "gaussian"]
-    for ax, stage in zip(axes, ("before", "after"), strict=True):
-        for i, (label, d) in enumerate(g[g["stage"] == stage].groupby("approximation")):
-            ax.plot(d["multiple"], d["mmd2"], "o-", ms=3, color=f"C{i}", label=label)
-        ax.set(xscale="log", xlabel="bandwidth / median distance", title=f"{stage} removal")
-        ax.set_xticks([0.1, 0.2, 0.5, 1, 2, 5], ["0.1", "0.2", "0.5", "1", "2", "5"])
-        ax.minorticks_off()
-        ax.set_yscale("symlog", linthresh=1e-3)
-    axes[0].set_ylabel("MMD^2 (Gaussian kernel)")
-    axes[1].legend(fontsize=6)
-    fig.suptitle("R4: MMD to independently trained checkpoints", fontsize=10)
+    methods = list(dict.fromkeys(label.split()[0] for label in g["approximation"]))
+    fig, axes = plt.subplots(
+        len(archs), 2, figsize=(10, 3.4 * len(archs)), sharey="row", squeeze=False
+    )
+    for row, arch in zip(axes, archs, strict=True):
+        a = g[g["arch"] == arch]
+        for ax, stage in zip(row, ("before", "after"), strict=True):
+            for label, d in a[a["stage"] == stage].groupby("approximation", sort=False):
+                color = f"C{methods.index(label.split()[0]) % 10}"
+                ls = "--" if "single-mode" in label else "-"
+                ax.plot(d["multiple"], d["mmd2"], "o", ls=ls, ms=3, color=color, label=label)
+            ax.set(xscale="log", title=f"{arch}: {stage} removal")
+            ax.set_xticks([0.1, 0.2, 0.5, 1, 2, 5], ["0.1", "0.2", "0.5", "1", "2", "5"])
+            ax.minorticks_off()
+            ax.set_yscale("symlog", linthresh=1e-3)
+        row[0].set_ylabel("MMD^2 (Gaussian kernel)")
+        row[1].legend(fontsize=6)
+    for ax in axes[-1]:
+        ax.set_xlabel("bandwidth / median distance")
+    fig.suptitle(
+        "R4: MMD to independently trained checkpoints (MLP on digits, OptuNet on digits28)",
+        fontsize=10,
+    )
+    fig.tight_layout()
     return fig
 
 
