@@ -14,11 +14,15 @@ import pandas as pd
 
 if __package__ in (None, ""):
     import common
+    import digits_zoo
 else:
-    from reproduce import common
+    from reproduce import common, digits_zoo
 
 #: OptuNets under this test accuracy did not learn on the small stand-in.
 LEARNED_ACC = 0.5
+#: The methods that sample OptuNet (``laplace`` refuses conv nets; ``mc_dropout`` needs
+#: dropout, which OptuNet has none of).
+METHODS = ("mfvi", "laplace_ll", "swag", "sghmc")
 LR = 0.04
 WEIGHT_DECAY = 2e-4
 BATCH_SIZE = 64
@@ -130,3 +134,43 @@ def sampler_config(ctx: common.Ctx, method: str, n_train: int):
             prior_var=pv,
         )
     return SamplerConfig(method, prior_var=pv)
+
+
+def sample_methods(
+    ctx: common.Ctx, store, starts: pd.DataFrame, samples: int
+) -> tuple[dict[tuple[str, str], str], dict[str, int]]:
+    """Each of :data:`METHODS` single-mode (``len(starts)`` chains from the first of
+    ``starts``) and multi-mode (one chain from each of ``starts``), ``samples`` per chain:
+    the ``--where`` of each (method, mode)'s draws, and each population's divergent chains."""
+    from bnnctl.engines.sample import sample
+
+    n_train, k = len(dataset().y_train), len(starts)
+    draws, divergent = {}, {}
+    for method in METHODS:
+        cfg = sampler_config(ctx, method, n_train)
+        for mode in ("single", "multi"):
+            name = f"cnn-{method}-{mode}"
+            at = starts.iloc[:1] if mode == "single" else starts
+            ctx.log(f"OptuNet {name}: {k} chains x {samples} samples from {len(at)} checkpoint(s)")
+            res = sample(store, cfg, samples=samples, chains=k, start=at, population=name, seed=1)
+            divergent[name] = len(res.divergent)
+            draws[method, mode] = digits_zoo.draws(name, method)
+    return draws, divergent
+
+
+def settings_note(ctx: common.Ctx, divergent: dict[str, int]) -> str:
+    """The methods' settings on OptuNet (from :func:`sampler_config`) and the divergent
+    chains of :func:`sample_methods`, as a table note."""
+    n_train = len(dataset().y_train)
+    sg, mf, sw = (sampler_config(ctx, m, n_train) for m in ("sghmc", "mfvi", "swag"))
+    name = arch().name
+    return (
+        f"{name} settings, at the prior matching the weight decay (variance "
+        f"{prior_var(n_train):.3g}): SGHMC step {sg.step_size:g}, burn-in {sg.burn_in}, "
+        f"thinning {sg.thin}; MFVI {mf.burn_in} Adam steps; SWAG SGD lr {sw.step_size:g}, "
+        f"burn-in {sw.burn_in}, rank {sw.rank}; laplace_ll (last layer, KFAC GGN, prior "
+        "fitted by marginal likelihood). laplace (all weights) refuses conv nets and "
+        f"mc_dropout needs dropout, which {name} has none of. Divergent chains: "
+        + ", ".join(f"{n} {d}" for n, d in divergent.items())
+        + "."
+    )

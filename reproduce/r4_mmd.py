@@ -12,11 +12,9 @@ if __package__ in (None, ""):
     import common
     import digits_zoo as zoo
     import optunet_zoo
-    import r5_multimode as r5
 else:
     from reproduce import common, optunet_zoo
     from reproduce import digits_zoo as zoo
-    from reproduce import r5_multimode as r5
 
 ID = "R4"
 TITLE = "Weight-space MMD to independently trained checkpoints (digits MLP; OptuNet on digits28)"
@@ -136,12 +134,11 @@ def optunet_rows(ctx: common.Ctx, store) -> tuple[list, list]:
     second half, which no chain starts from, is the ground truth. Each of R5's OptuNet
     methods, with R5's settings, single- and multi-mode."""
     from bnnctl.engines.canonicalize import canonicalize
-    from bnnctl.engines.sample import sample
     from bnnctl.store import select
 
     n_seeds, epochs = ctx.pick((4, 20), (48, optunet_zoo.EPOCHS))
     s = ctx.pick(2, 8)  # samples per chain
-    arch, n_train = optunet_zoo.arch().name, len(optunet_zoo.dataset().y_train)
+    arch = optunet_zoo.arch().name
     learned = optunet_zoo.train_learned(ctx, store, n_seeds, epochs, population="cnn")
     members, picked = learned.members, learned.picked
     n_min = OPTUNET_MIN_MEMBERS
@@ -156,23 +153,14 @@ def optunet_rows(ctx: common.Ctx, store) -> tuple[list, list]:
     def seeds(rows: pd.DataFrame) -> str:
         return f"population == 'cnn' and seed in {[int(v) for v in rows['seed']]}"
 
+    draws, divergent = optunet_zoo.sample_methods(ctx, store, starts, s)
     subjects = {"deep ensemble (the starts)": seeds(starts)}
-    div = {}
-    for method in r5.OPTUNET_METHODS:
-        cfg = optunet_zoo.sampler_config(ctx, method, n_train)
-        for mode in ("single", "multi"):
-            name = f"cnn-{method}-{mode}"
-            at = starts.iloc[:1] if mode == "single" else starts
-            ctx.log(f"OptuNet {name}: {k} chains x {s} samples from {len(at)} checkpoint(s)")
-            res = sample(store, cfg, samples=s, chains=k, start=at, population=name, seed=1)
-            div[name] = len(res.divergent)
-            subjects[f"{method} {mode}-mode"] = zoo.draws(name, method)
+    subjects |= {f"{method} {mode}-mode": where for (method, mode), where in draws.items()}
     ctx.log("OptuNet: canonicalizing (perm + scale to the L2 minimum)")
     man = store.manifest()
     canonicalize(store, pd.concat([select(man, w) for w in (seeds(truth), *subjects.values())]))
     out = compare_rows(ctx, store, arch, seeds(truth), subjects)
     first = starts.iloc[0]
-    swag = optunet_zoo.sampler_config(ctx, "swag", n_train)
     ctx.note(
         f"{arch} on digits28 (recipe: SGD lr {optunet_zoo.LR}, weight decay "
         f"{optunet_zoo.WEIGHT_DECAY}, batch {optunet_zoo.BATCH_SIZE}, {epochs} epochs, "
@@ -186,17 +174,7 @@ def optunet_rows(ctx: common.Ctx, store) -> tuple[list, list]:
         "as the MLP rows do) but needs two models a side, hence at least "
         f"{n_min} members (a quick run takes the {n_min} most accurate seeds)."
     )
-    ctx.note(
-        f"{arch} settings (R5's), at the prior matching the weight decay (variance "
-        f"{optunet_zoo.prior_var(n_train):.3g}): SGHMC step {optunet_zoo.SGHMC_STEP:g}, "
-        f"burn-in {ctx.pick(10, 200)}, thinning {ctx.pick(2, 20)}; MFVI {ctx.pick(10, 300)} "
-        f"Adam steps; SWAG SGD lr {swag.step_size:g}, burn-in {swag.burn_in}, rank "
-        f"{swag.rank}; laplace_ll (last layer, KFAC GGN, prior fitted by marginal "
-        "likelihood) instead of laplace (all weights), which refuses conv nets; mc_dropout "
-        f"does not apply ({arch} has no dropout). Divergent chains: "
-        + ", ".join(f"{n} {d}" for n, d in div.items())
-        + "."
-    )
+    ctx.note(optunet_zoo.settings_note(ctx, divergent))
     return out
 
 

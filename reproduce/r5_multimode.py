@@ -21,7 +21,6 @@ ID = "R5"
 TITLE = "Multi-mode vs single-mode, per method (digits MLP; OptuNet on digits28)"
 #: The methods run on OptuNet: ``laplace`` refuses conv nets (its last-layer variant runs
 #: instead) and ``mc_dropout`` needs dropout, which OptuNet has none of.
-OPTUNET_METHODS = ("mfvi", "laplace_ll", "swag", "sghmc")
 #: (column, True when higher is better)
 METRICS = (
     ("acc", True),
@@ -65,7 +64,7 @@ def run(ctx: common.Ctx) -> pd.DataFrame:
     verdict = []
     for arch, methods in (
         (zoo.arch().name, zoo.METHODS),
-        (optunet_zoo.arch().name, OPTUNET_METHODS),
+        (optunet_zoo.arch().name, optunet_zoo.METHODS),
     ):
         for method in methods:
             t = table[(table["arch"] == arch) & (table["method"] == method)]
@@ -134,12 +133,10 @@ def optunet_rows(ctx: common.Ctx, store, pairs: int) -> list[dict]:
     """OptuNet on digits28 with the paper's recipe (R3's seeds): the seeds that learned
     are the deep ensemble; single-mode runs start from the first of them, multi-mode ones
     from the first k (one chain each)."""
-    from bnnctl.engines.sample import sample
-
     n_seeds, epochs = ctx.pick((4, 20), (48, optunet_zoo.EPOCHS))
     k_max = ctx.pick(2, 16)  # checkpoints of multi-mode runs, and chains of every run
     s = ctx.pick(2, 8)  # samples per chain
-    arch, n_train = optunet_zoo.arch().name, len(optunet_zoo.dataset().y_train)
+    arch = optunet_zoo.arch().name
     learned = optunet_zoo.train_learned(ctx, store, n_seeds, epochs, population="cnn")
     members = learned.members
     k = min(k_max, len(members))
@@ -152,22 +149,11 @@ def optunet_rows(ctx: common.Ctx, store, pairs: int) -> list[dict]:
             **measure(store, f"population == 'cnn' and seed in {seeds}", pairs),
         }
     ]
-    div = {}
-    for method in OPTUNET_METHODS:
-        cfg = optunet_zoo.sampler_config(ctx, method, n_train)
-        for mode in ("single", "multi"):
-            name = f"cnn-{method}-{mode}"
-            starts = members.iloc[:1] if mode == "single" else members.iloc[:k]
-            ctx.log(f"OptuNet {name}: {k} chains x {s} samples from {len(starts)} checkpoint(s)")
-            res = sample(store, cfg, samples=s, chains=k, start=starts, population=name, seed=1)
-            div[name] = len(res.divergent)
-            ctx.log(f"stats: {name}")
-            where = zoo.draws(name, method)
-            rows.append(
-                {"arch": arch, "method": method, "mode": mode, **measure(store, where, pairs)}
-            )
+    draws, divergent = optunet_zoo.sample_methods(ctx, store, members.iloc[:k], s)
+    for (method, mode), where in draws.items():
+        ctx.log(f"stats: cnn-{method}-{mode}")
+        rows.append({"arch": arch, "method": method, "mode": mode, **measure(store, where, pairs)})
     first = members.iloc[0]
-    swag = optunet_zoo.sampler_config(ctx, "swag", n_train)
     ctx.note(
         f"{arch} on digits28 (recipe: SGD lr {optunet_zoo.LR}, weight decay "
         f"{optunet_zoo.WEIGHT_DECAY}, batch {optunet_zoo.BATCH_SIZE}, {epochs} epochs, "
@@ -178,17 +164,7 @@ def optunet_rows(ctx: common.Ctx, store, pairs: int) -> list[dict]:
         f"{first['test_acc']:.3f}), multi-mode one chain per each of the first {k} (test acc "
         f"median {members['test_acc'].iloc[:k].median():.3f})."
     )
-    ctx.note(
-        f"{arch} settings, at the prior matching the weight decay (variance "
-        f"{optunet_zoo.prior_var(n_train):.3g}): SGHMC step {optunet_zoo.SGHMC_STEP:g}, "
-        f"burn-in {ctx.pick(10, 200)}, thinning {ctx.pick(2, 20)}; MFVI {ctx.pick(10, 300)} "
-        f"Adam steps; SWAG SGD lr {swag.step_size:g}, burn-in {swag.burn_in}, rank "
-        f"{swag.rank}; laplace_ll (last layer, KFAC GGN, prior fitted by marginal "
-        "likelihood). laplace (all weights) refuses conv nets and mc_dropout needs dropout, "
-        f"which {arch} has none of. Divergent chains: "
-        + ", ".join(f"{n} {d}" for n, d in div.items())
-        + "."
-    )
+    ctx.note(optunet_zoo.settings_note(ctx, divergent))
     return rows
 
 
